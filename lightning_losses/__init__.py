@@ -1,0 +1,48 @@
+"""Detection and segmentation losses as torchmetrics modules, detector presets and a Lightning mixin.
+
+Every loss is a :class:`LossMetric`: calling it returns the differentiable loss, and it keeps a
+running mean of what it returned that :meth:`~LossMetric.compute` gives exactly across DDP ranks.
+Pure functions live in :mod:`lightning_losses.functional`.
+"""
+
+from lightning_losses import functional
+from lightning_losses.losses import (
+    BalancedL1Loss,
+    CIoULoss,
+    CrossEntropyLoss,
+    DIoULoss,
+    DistributionFocalLoss,
+    FocalLoss,
+    GIoULoss,
+    IoULoss,
+    L1Loss,
+    LossMetric,
+    MSELoss,
+    QualityFocalLoss,
+    SigmoidFocalLoss,
+    SmoothL1Loss,
+)
+from lightning_losses.registry import LOSSES, build_loss, list_losses
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "LOSSES",
+    "BalancedL1Loss",
+    "CIoULoss",
+    "CrossEntropyLoss",
+    "DIoULoss",
+    "DistributionFocalLoss",
+    "FocalLoss",
+    "GIoULoss",
+    "IoULoss",
+    "L1Loss",
+    "LossMetric",
+    "MSELoss",
+    "QualityFocalLoss",
+    "SigmoidFocalLoss",
+    "SmoothL1Loss",
+    "build_loss",
+    "functional",
+    "list_losses",
+]

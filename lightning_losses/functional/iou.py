@@ -1,0 +1,296 @@
+"""Box overlaps (IoU, IoF, GIoU, DIoU, CIoU) and the IoU-family box losses.
+
+Boxes are ``(x1, y1, x2, y2)`` in absolute coordinates, with no ``+1`` in widths. ``bbox_overlaps``
+is the one IoU routine of the package: the losses here and the assigners both call it. Half-precision
+boxes are computed in float32 (area products overflow fp16 past ~256 px).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from lightning_losses.functional._checks import check_boxes, check_same_shape
+from lightning_losses.functional.reduction import weight_reduce_loss
+
+__all__ = [
+    "IOU_LOSS_MODES",
+    "OVERLAP_MODES",
+    "bbox_overlaps",
+    "ciou_loss",
+    "diou_loss",
+    "giou_loss",
+    "iou_loss",
+]
+
+OVERLAP_MODES = ("iou", "iof", "giou", "diou", "ciou")
+IOU_LOSS_MODES = ("linear", "square", "log")
+
+
+def _upcast(boxes: Tensor) -> Tensor:
+    if boxes.dtype in (torch.float16, torch.bfloat16):
+        return boxes.float()
+    if not boxes.is_floating_point():
+        return boxes.float()
+    return boxes
+
+
+def _center_distance2(boxes1: Tensor, boxes2: Tensor) -> Tensor:
+    """Squared distance of box centers (aligned or broadcast boxes)."""
+    dx = (boxes2[..., 0] + boxes2[..., 2]) - (boxes1[..., 0] + boxes1[..., 2])
+    dy = (boxes2[..., 1] + boxes2[..., 3]) - (boxes1[..., 1] + boxes1[..., 3])
+    return (dx * dx + dy * dy) / 4
+
+
+def _aspect_term(boxes1: Tensor, boxes2: Tensor, eps: float) -> Tensor:
+    r"""CIoU's :math:`v = \frac{4}{\pi^2}(\arctan\frac{w_2}{h_2} - \arctan\frac{w_1}{h_1})^2` (eps on heights)."""
+    w1 = boxes1[..., 2] - boxes1[..., 0]
+    h1 = boxes1[..., 3] - boxes1[..., 1] + eps
+    w2 = boxes2[..., 2] - boxes2[..., 0]
+    h2 = boxes2[..., 3] - boxes2[..., 1] + eps
+    return (4 / math.pi**2) * (torch.atan(w2 / h2) - torch.atan(w1 / h1)).pow(2)
+
+
+def _geometry(boxes1: Tensor, boxes2: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Overlap, both areas and the enclosing box's (w, h) of broadcast-aligned boxes."""
+    area1 = (boxes1[..., 2] - boxes1[..., 0]) * (boxes1[..., 3] - boxes1[..., 1])
+    area2 = (boxes2[..., 2] - boxes2[..., 0]) * (boxes2[..., 3] - boxes2[..., 1])
+    lt = torch.maximum(boxes1[..., :2], boxes2[..., :2])
+    rb = torch.minimum(boxes1[..., 2:], boxes2[..., 2:])
+    wh = (rb - lt).clamp(min=0)
+    overlap = wh[..., 0] * wh[..., 1]
+    enclose_wh = (
+        torch.maximum(boxes1[..., 2:], boxes2[..., 2:]) - torch.minimum(boxes1[..., :2], boxes2[..., :2])
+    ).clamp(min=0)
+    return overlap, area1, area2, enclose_wh
+
+
+def bbox_overlaps(
+    boxes1: Tensor,
+    boxes2: Tensor,
+    mode: str = "iou",
+    is_aligned: bool = False,
+    eps: float = 1e-6,
+) -> Tensor:
+    r"""IoU-family overlaps of two sets of ``xyxy`` boxes, pairwise or aligned.
+
+    .. math::
+        \mathrm{IoU} = \frac{|A \cap B|}{\max(|A \cup B|, \epsilon)}, \quad
+        \mathrm{GIoU} = \mathrm{IoU} - \frac{|C| - |A \cup B|}{\max(|C|, \epsilon)}, \quad
+        \mathrm{DIoU} = \mathrm{IoU} - \frac{\rho^2}{c^2 + \epsilon}, \quad
+        \mathrm{CIoU} = \mathrm{DIoU} - \alpha v
+
+    with :math:`C` the smallest enclosing box, :math:`\rho` the distance of the centers, :math:`c` the
+    diagonal of :math:`C`, :math:`v` the aspect-ratio term and :math:`\alpha = v / (1 - \mathrm{IoU} + v)`
+    (no gradient). ``iof`` divides by the area of ``boxes1`` instead of the union.
+
+    Args:
+        boxes1: ``(..., N, 4)``.
+        boxes2: ``(..., M, 4)`` (``(..., N, 4)`` when aligned); leading dimensions broadcast.
+        mode: one of ``iou``, ``iof``, ``giou``, ``diou``, ``ciou``.
+        is_aligned: compare ``boxes1[i]`` with ``boxes2[i]`` instead of every pair.
+        eps: lower bound of the union and enclosing area.
+
+    Returns:
+        ``(..., N, M)`` pairwise or ``(..., N)`` aligned overlaps; float32 for half-precision boxes.
+
+    Example:
+        >>> a = torch.tensor([[0.0, 0.0, 2.0, 2.0]])
+        >>> b = torch.tensor([[1.0, 1.0, 3.0, 3.0], [4.0, 0.0, 6.0, 2.0]])
+        >>> bbox_overlaps(a, b)
+        tensor([[0.1429, 0.0000]])
+        >>> bbox_overlaps(a, b, mode="giou")
+        tensor([[-0.0794, -0.3333]])
+    """
+    if mode not in OVERLAP_MODES:
+        raise ValueError(f"`mode` must be one of {OVERLAP_MODES}, got {mode!r}")
+    check_boxes(boxes1, "boxes1")
+    check_boxes(boxes2, "boxes2")
+    boxes1, boxes2 = _upcast(boxes1), _upcast(boxes2)
+    if is_aligned:
+        if boxes1.shape[-2:-1] != boxes2.shape[-2:-1]:
+            raise ValueError(
+                f"aligned boxes need the same count, got `boxes1` {tuple(boxes1.shape)} "
+                f"and `boxes2` {tuple(boxes2.shape)}"
+            )
+    else:
+        boxes1, boxes2 = boxes1.unsqueeze(-2), boxes2.unsqueeze(-3)
+    overlap, area1, area2, enclose_wh = _geometry(boxes1, boxes2)
+    union = area1 if mode == "iof" else area1 + area2 - overlap
+    union = union.clamp(min=eps)
+    ious = overlap / union
+    if mode in ("iou", "iof"):
+        return ious
+    if mode == "giou":
+        enclose_area = (enclose_wh[..., 0] * enclose_wh[..., 1]).clamp(min=eps)
+        return ious - (enclose_area - union) / enclose_area
+    diag2 = enclose_wh[..., 0].pow(2) + enclose_wh[..., 1].pow(2) + eps
+    dious = ious - _center_distance2(boxes1, boxes2) / diag2
+    if mode == "diou":
+        return dious
+    v = _aspect_term(boxes1, boxes2, eps)
+    with torch.no_grad():
+        alpha = v / (1 - ious + v).clamp(min=eps)
+    return dious - alpha * v
+
+
+def _check_pair(pred: Tensor, target: Tensor) -> None:
+    check_boxes(pred, "pred")
+    check_boxes(target, "target")
+    check_same_shape(pred, target)
+
+
+def iou_loss(
+    pred: Tensor,
+    target: Tensor,
+    weight: Tensor | None = None,
+    mode: str = "log",
+    eps: float = 1e-6,
+    reduction: str = "mean",
+    avg_factor: float | Tensor | None = None,
+) -> Tensor:
+    r"""IoU loss of aligned boxes (UnitBox).
+
+    .. math::
+        u = \max(\mathrm{IoU}, \epsilon), \qquad
+        \ell = \begin{cases} 1 - u & \text{linear} \\ 1 - u^2 & \text{square} \\ -\log u & \text{log} \end{cases}
+
+    Args:
+        pred: predicted boxes ``(N, 4)`` xyxy.
+        target: target boxes ``(N, 4)`` xyxy.
+        weight: ``(N,)`` per-box weight.
+        mode: ``linear``, ``square`` or ``log``.
+        eps: lower clamp of the IoU (the union is clamped to 1e-6 as in :func:`bbox_overlaps`).
+        reduction: ``"none"``, ``"mean"`` or ``"sum"``.
+        avg_factor: divisor of ``mean`` instead of ``N``.
+
+    Example:
+        >>> pred = torch.tensor([[0.0, 0.0, 2.0, 2.0]])
+        >>> iou_loss(pred, torch.tensor([[0.0, 0.0, 2.0, 1.0]]), mode="linear")
+        tensor(0.5000)
+
+    Reference: Yu et al., *UnitBox: An Advanced Object Detection Network*, ACM MM 2016.
+    """
+    if mode not in IOU_LOSS_MODES:
+        raise ValueError(f"`mode` must be one of {IOU_LOSS_MODES}, got {mode!r}")
+    _check_pair(pred, target)
+    ious = bbox_overlaps(pred, target, is_aligned=True).clamp(min=eps)
+    if mode == "linear":
+        loss = 1 - ious
+    elif mode == "square":
+        loss = 1 - ious.pow(2)
+    else:
+        loss = -ious.log()
+    return weight_reduce_loss(loss, weight, reduction, avg_factor)
+
+
+def giou_loss(
+    pred: Tensor,
+    target: Tensor,
+    weight: Tensor | None = None,
+    eps: float = 1e-6,
+    reduction: str = "mean",
+    avg_factor: float | Tensor | None = None,
+) -> Tensor:
+    r"""Generalized IoU loss :math:`\ell = 1 - \mathrm{GIoU}` of aligned boxes, in :math:`[0, 2]`.
+
+    Args:
+        pred: predicted boxes ``(N, 4)`` xyxy.
+        target: target boxes ``(N, 4)`` xyxy.
+        weight: ``(N,)`` per-box weight.
+        eps: lower bound of the union and enclosing area.
+        reduction: ``"none"``, ``"mean"`` or ``"sum"``.
+        avg_factor: divisor of ``mean`` instead of ``N``.
+
+    Example:
+        >>> pred = torch.tensor([[0.0, 0.0, 1.0, 1.0]])
+        >>> giou_loss(pred, torch.tensor([[2.0, 0.0, 3.0, 1.0]]))  # IoU 0, enclosure 3, union 2
+        tensor(1.3333)
+
+    Reference: Rezatofighi et al., *Generalized Intersection over Union*, CVPR 2019.
+    """
+    _check_pair(pred, target)
+    loss = 1 - bbox_overlaps(pred, target, mode="giou", is_aligned=True, eps=eps)
+    return weight_reduce_loss(loss, weight, reduction, avg_factor)
+
+
+def _distance_iou(pred: Tensor, target: Tensor, eps: float) -> tuple[Tensor, Tensor]:
+    """IoU and DIoU penalty with eps added to the union and the squared diagonal (MMDetection's D/CIoU)."""
+    pred, target = _upcast(pred), _upcast(target)
+    overlap, area1, area2, enclose_wh = _geometry(pred, target)
+    ious = overlap / (area1 + area2 - overlap + eps)
+    diag2 = enclose_wh[..., 0].pow(2) + enclose_wh[..., 1].pow(2) + eps
+    return ious, _center_distance2(pred, target) / diag2
+
+
+def diou_loss(
+    pred: Tensor,
+    target: Tensor,
+    weight: Tensor | None = None,
+    eps: float = 1e-6,
+    reduction: str = "mean",
+    avg_factor: float | Tensor | None = None,
+) -> Tensor:
+    r"""Distance-IoU loss :math:`\ell = 1 - \mathrm{IoU} + \rho^2 / c^2` of aligned boxes.
+
+    ``eps`` is added to the union and to :math:`c^2` (MMDetection; torchvision adds 1e-7).
+
+    Args:
+        pred: predicted boxes ``(N, 4)`` xyxy.
+        target: target boxes ``(N, 4)`` xyxy.
+        weight: ``(N,)`` per-box weight.
+        eps: added to the union and the squared enclosing diagonal.
+        reduction: ``"none"``, ``"mean"`` or ``"sum"``.
+        avg_factor: divisor of ``mean`` instead of ``N``.
+
+    Example:
+        >>> pred = torch.tensor([[0.0, 0.0, 2.0, 2.0]])
+        >>> diou_loss(pred, torch.tensor([[2.0, 0.0, 4.0, 2.0]]))  # 1 - 0 + 4 / 20
+        tensor(1.2000)
+
+    Reference: Zheng et al., *Distance-IoU Loss*, AAAI 2020.
+    """
+    _check_pair(pred, target)
+    ious, penalty = _distance_iou(pred, target, eps)
+    return weight_reduce_loss(1 - ious + penalty, weight, reduction, avg_factor)
+
+
+def ciou_loss(
+    pred: Tensor,
+    target: Tensor,
+    weight: Tensor | None = None,
+    eps: float = 1e-6,
+    reduction: str = "mean",
+    avg_factor: float | Tensor | None = None,
+) -> Tensor:
+    r"""Complete-IoU loss :math:`\ell = 1 - \mathrm{clamp}(\mathrm{IoU} - \rho^2/c^2 - \alpha v, -1, 1)`.
+
+    Follows MMDetection: :math:`\alpha = [\mathrm{IoU} > 0.5]\, v / (1 - \mathrm{IoU} + v)` without
+    gradient, ``eps`` added to both heights inside :math:`v`, to the union and to :math:`c^2`, and the
+    CIoU clamped to ``[-1, 1]``. torchvision's ``complete_box_iou_loss`` does not gate :math:`\alpha`
+    on IoU > 0.5, adds eps to its denominator instead and does not clamp.
+
+    Args:
+        pred: predicted boxes ``(N, 4)`` xyxy.
+        target: target boxes ``(N, 4)`` xyxy.
+        weight: ``(N,)`` per-box weight.
+        eps: numerical guard, as above.
+        reduction: ``"none"``, ``"mean"`` or ``"sum"``.
+        avg_factor: divisor of ``mean`` instead of ``N``.
+
+    Example:
+        >>> pred = torch.tensor([[0.0, 0.0, 2.0, 2.0]])
+        >>> ciou_loss(pred, torch.tensor([[2.0, 0.0, 4.0, 2.0]]))  # IoU 0: alpha gated off, as DIoU
+        tensor(1.2000)
+
+    Reference: Zheng et al., *Distance-IoU Loss*, AAAI 2020.
+    """
+    _check_pair(pred, target)
+    ious, penalty = _distance_iou(pred, target, eps)
+    v = _aspect_term(_upcast(pred), _upcast(target), eps)
+    with torch.no_grad():
+        alpha = (ious > 0.5).to(v.dtype) * v / (1 - ious + v)
+    cious = ious - (penalty + alpha * v)
+    return weight_reduce_loss(1 - cious.clamp(min=-1.0, max=1.0), weight, reduction, avg_factor)

@@ -1,0 +1,29 @@
+"""Loss modules: ``LossMetric`` subclasses, each a thin stateful shell over a functional loss."""
+
+from lightning_losses.losses.base import LossMetric
+from lightning_losses.losses.classification import (
+    CrossEntropyLoss,
+    DistributionFocalLoss,
+    FocalLoss,
+    QualityFocalLoss,
+    SigmoidFocalLoss,
+)
+from lightning_losses.losses.iou import CIoULoss, DIoULoss, GIoULoss, IoULoss
+from lightning_losses.losses.regression import BalancedL1Loss, L1Loss, MSELoss, SmoothL1Loss
+
+__all__ = [
+    "BalancedL1Loss",
+    "CIoULoss",
+    "CrossEntropyLoss",
+    "DIoULoss",
+    "DistributionFocalLoss",
+    "FocalLoss",
+    "GIoULoss",
+    "IoULoss",
+    "L1Loss",
+    "LossMetric",
+    "MSELoss",
+    "QualityFocalLoss",
+    "SigmoidFocalLoss",
+    "SmoothL1Loss",
+]

@@ -1,0 +1,138 @@
+"""``LossMetric``: a loss that is also a ``torchmetrics.Metric`` holding its own running mean."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torchmetrics import Metric
+
+from lightning_losses.functional.reduction import check_reduction
+
+__all__ = ["LossMetric", "zero_weight_shortcut"]
+
+
+class LossMetric(Metric):
+    """Base class of every loss module: a differentiable loss and a DDP-exact running mean of it.
+
+    ``forward(pred, target, weight=None, avg_factor=None, reduction_override=None)`` returns
+    ``loss_weight`` times the reduced loss with its graph. As a side effect the detached value joins
+    a running mean kept in two ``sum``-reduced float32 states, so :meth:`compute` is the exact mean of
+    every value returned since the last :meth:`reset`, over every call on every DDP rank. A
+    non-scalar return (``reduction="none"``) joins as its mean, as one call.
+
+    The states stay float32 when the module is cast (``.to(torch.bfloat16)``, ``precision="bf16-true"``)
+    and are not saved in ``state_dict``. Pass the object itself to ``LightningModule.log``: the step
+    value is the last call's, the epoch value is :meth:`compute`.
+
+    Subclasses implement :meth:`_loss`, which returns the weighted, reduced loss.
+
+    Args:
+        reduction: ``"none"``, ``"mean"`` or ``"sum"``.
+        loss_weight: multiplier of the loss.
+        validate_args: also check tensor values (label ranges, finiteness); this reads values back to
+            the host, so it is off by default. Shape checks always run.
+    """
+
+    full_state_update = False
+    is_differentiable = True
+    higher_is_better = False
+
+    loss_sum: Tensor
+    num_calls: Tensor
+
+    def __init__(self, reduction: str = "mean", loss_weight: float = 1.0, validate_args: bool = False) -> None:
+        super().__init__()
+        self.reduction = check_reduction(reduction)
+        if isinstance(loss_weight, bool) or not isinstance(loss_weight, (int, float)):
+            raise TypeError(f"`loss_weight` must be a number, got {type(loss_weight).__name__}")
+        if not math.isfinite(loss_weight):
+            raise ValueError(f"`loss_weight` must be finite, got {loss_weight}")
+        self.loss_weight = float(loss_weight)
+        self.validate_args = bool(validate_args)
+        self.add_state("loss_sum", torch.tensor(0.0, dtype=torch.float32), dist_reduce_fx="sum", persistent=False)
+        self.add_state("num_calls", torch.tensor(0.0, dtype=torch.float32), dist_reduce_fx="sum", persistent=False)
+
+    def resolve_reduction(self, reduction_override: str | None) -> str:
+        """The reduction of one call: ``reduction_override`` when given, else ``self.reduction``."""
+        if not reduction_override:
+            return self.reduction
+        return check_reduction(reduction_override, "reduction_override")
+
+    def forward(
+        self,
+        pred: Tensor,
+        target: Any,
+        weight: Tensor | None = None,
+        avg_factor: float | Tensor | None = None,
+        reduction_override: str | None = None,
+    ) -> Tensor:
+        """Return the differentiable loss and add its detached value to the running mean."""
+        loss = self._loss(pred, target, weight, avg_factor, self.resolve_reduction(reduction_override))
+        self.track(loss)
+        return loss
+
+    def _loss(
+        self,
+        pred: Tensor,
+        target: Any,
+        weight: Tensor | None,
+        avg_factor: float | Tensor | None,
+        reduction: str,
+    ) -> Tensor:
+        raise NotImplementedError
+
+    def track(self, loss: Tensor) -> None:
+        """Add ``loss`` (detached; its mean when not a scalar) to the running mean as one call."""
+        value = loss.detach().float()
+        if value.ndim:
+            value = value.mean() if value.numel() else value.sum()
+        self.update(value)
+        self._forward_cache = value
+
+    def update(self, value: Tensor) -> None:
+        """Add one detached scalar loss value to the running sums."""
+        self.loss_sum += value.to(self.loss_sum.device)
+        self.num_calls += 1
+
+    def compute(self) -> Tensor:
+        """Mean of the values returned since the last reset (0 before any call)."""
+        return self.loss_sum / self.num_calls.clamp(min=1)
+
+    def _apply(self, fn: Callable, *args: Any, **kwargs: Any) -> nn.Module:
+        # Metric._apply casts states with `.to(dtype)`; bf16 sums saturate (256 + 1 == 256), so the
+        # running sums go back to float32 whatever dtype the module is moved to.
+        this = super()._apply(fn, *args, **kwargs)
+        for name, default in this._defaults.items():
+            if isinstance(default, Tensor) and default.dtype != torch.float32:
+                this._defaults[name] = default.float()
+            value = getattr(this, name)
+            if isinstance(value, Tensor) and value.dtype != torch.float32:
+                setattr(this, name, value.float())
+        if isinstance(this._forward_cache, Tensor):
+            this._forward_cache = this._forward_cache.float()
+        return this
+
+    def extra_repr(self) -> str:
+        return f"reduction={self.reduction!r}, loss_weight={self.loss_weight}"
+
+
+def zero_weight_shortcut(loss: Tensor, pred: Tensor, weight: Tensor | None) -> Tensor:
+    """MMDetection's box-loss rule: when ``weight`` has no positive entry, return ``(pred * weight).sum()``.
+
+    That value is a 0-dim zero (for non-negative weights) that carries a graph to ``pred`` and skips
+    ``loss_weight``. For a scalar ``loss`` the choice is made on the device (no host sync); for an
+    element-wise loss (``reduction="none"``) the result's shape depends on it, so one boolean is read
+    back, as the reference does.
+    """
+    if weight is None:
+        return loss
+    expanded = weight.unsqueeze(1) if pred.dim() == weight.dim() + 1 else weight
+    shortcut = (pred * expanded).sum()
+    has_positive = (weight > 0).any()
+    if loss.ndim == 0:
+        return torch.where(has_positive, loss, shortcut.to(loss.dtype))
+    return loss if bool(has_positive) else shortcut

@@ -1,0 +1,200 @@
+"""IoU-family box loss modules: IoU, GIoU, DIoU and CIoU on aligned ``xyxy`` boxes."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from torch import Tensor
+
+from lightning_losses.functional._checks import check_finite
+from lightning_losses.functional.iou import IOU_LOSS_MODES, ciou_loss, diou_loss, giou_loss, iou_loss
+from lightning_losses.losses.base import LossMetric, zero_weight_shortcut
+
+__all__ = ["CIoULoss", "DIoULoss", "GIoULoss", "IoULoss"]
+
+
+def _box_weight(weight: Tensor | None, pred: Tensor) -> Tensor | None:
+    """A per-coordinate ``(N, 4)`` weight becomes per box by averaging its last axis."""
+    if weight is not None and weight.dim() > 1:
+        if weight.shape != pred.shape:
+            raise ValueError(f"a 2-D `weight` must have `pred`'s shape {tuple(pred.shape)}, got {tuple(weight.shape)}")
+        return weight.mean(-1)
+    return weight
+
+
+class _BoxLoss(LossMetric):
+    """Shared forward of the IoU-family losses: checks, the zero-weight shortcut, (N, 4) weights."""
+
+    _function: Callable[..., Tensor]
+    _shortcut_on_none = True
+
+    def __init__(
+        self,
+        eps: float = 1e-6,
+        reduction: str = "mean",
+        loss_weight: float = 1.0,
+        validate_args: bool = False,
+    ) -> None:
+        super().__init__(reduction=reduction, loss_weight=loss_weight, validate_args=validate_args)
+        if not eps > 0:
+            raise ValueError(f"`eps` must be > 0, got {eps}")
+        self.eps = float(eps)
+
+    def _loss(
+        self,
+        pred: Tensor,
+        target: Tensor,
+        weight: Tensor | None,
+        avg_factor: float | Tensor | None,
+        reduction: str,
+    ) -> Tensor:
+        if self.validate_args:
+            check_finite(pred, "pred")
+            check_finite(target, "target")
+        box_weight = _box_weight(weight, pred)
+        loss = self.loss_weight * self._box_loss(pred, target, box_weight, avg_factor, reduction)
+        if reduction == "none" and not self._shortcut_on_none:
+            return loss
+        return zero_weight_shortcut(loss, pred, weight)
+
+    def _box_loss(
+        self,
+        pred: Tensor,
+        target: Tensor,
+        weight: Tensor | None,
+        avg_factor: float | Tensor | None,
+        reduction: str,
+    ) -> Tensor:
+        return type(self)._function(pred, target, weight, eps=self.eps, reduction=reduction, avg_factor=avg_factor)
+
+    def extra_repr(self) -> str:
+        return f"eps={self.eps}, {super().extra_repr()}"
+
+
+class IoULoss(_BoxLoss):
+    r"""IoU loss (UnitBox) of aligned boxes.
+
+    .. math::
+        u = \max(\mathrm{IoU}, \epsilon), \qquad
+        \ell = \begin{cases} 1 - u & \text{linear} \\ 1 - u^2 & \text{square} \\ -\log u & \text{log} \end{cases}
+
+    With a ``weight`` that has no positive entry and a reduction other than ``none`` the result is
+    ``(pred * weight).sum()`` without ``loss_weight`` (MMDetection's shortcut). An ``(N, 4)`` weight is
+    averaged over its last axis.
+
+    Args:
+        mode: ``"linear"``, ``"square"`` or ``"log"``.
+        eps: lower clamp of the IoU.
+        reduction: ``"none"``, ``"mean"`` or ``"sum"``.
+        loss_weight: multiplier of the loss.
+        validate_args: check finiteness (host sync).
+
+    Shape:
+        ``pred``, ``target``: ``(N, 4)`` xyxy; ``weight``: ``(N,)`` or ``(N, 4)``.
+
+    Example:
+        >>> pred = torch.tensor([[0.0, 0.0, 2.0, 2.0]])
+        >>> IoULoss(mode="linear")(pred, torch.tensor([[0.0, 0.0, 2.0, 1.0]]))
+        tensor(0.5000)
+
+    Reference: Yu et al., *UnitBox*, ACM MM 2016.
+    """
+
+    _shortcut_on_none = False
+
+    def __init__(
+        self,
+        mode: str = "log",
+        eps: float = 1e-6,
+        reduction: str = "mean",
+        loss_weight: float = 1.0,
+        validate_args: bool = False,
+    ) -> None:
+        super().__init__(eps=eps, reduction=reduction, loss_weight=loss_weight, validate_args=validate_args)
+        if mode not in IOU_LOSS_MODES:
+            raise ValueError(f"`mode` must be one of {IOU_LOSS_MODES}, got {mode!r}")
+        self.mode = mode
+
+    def _box_loss(
+        self,
+        pred: Tensor,
+        target: Tensor,
+        weight: Tensor | None,
+        avg_factor: float | Tensor | None,
+        reduction: str,
+    ) -> Tensor:
+        return iou_loss(pred, target, weight, self.mode, self.eps, reduction, avg_factor)
+
+    def extra_repr(self) -> str:
+        return f"mode={self.mode!r}, {super().extra_repr()}"
+
+
+class GIoULoss(_BoxLoss):
+    r"""Generalized IoU loss :math:`\ell = 1 - \mathrm{GIoU}` of aligned boxes.
+
+    With a ``weight`` that has no positive entry the result is ``(pred * weight).sum()`` without
+    ``loss_weight``, whatever the reduction (MMDetection's shortcut). An ``(N, 4)`` weight is averaged
+    over its last axis.
+
+    Args:
+        eps: lower bound of the union and enclosing area.
+        reduction: ``"none"``, ``"mean"`` or ``"sum"``.
+        loss_weight: multiplier of the loss.
+        validate_args: check finiteness (host sync).
+
+    Example:
+        >>> pred = torch.tensor([[0.0, 0.0, 1.0, 1.0]])
+        >>> GIoULoss()(pred, torch.tensor([[2.0, 0.0, 3.0, 1.0]]))
+        tensor(1.3333)
+
+    Reference: Rezatofighi et al., *Generalized Intersection over Union*, CVPR 2019.
+    """
+
+    _function = staticmethod(giou_loss)
+
+
+class DIoULoss(_BoxLoss):
+    r"""Distance-IoU loss :math:`\ell = 1 - \mathrm{IoU} + \rho^2 / c^2` of aligned boxes.
+
+    MMDetection's conventions: ``eps`` added to the union and :math:`c^2`; zero-weight shortcut as
+    :class:`GIoULoss`. torchvision's ``distance_box_iou_loss`` adds 1e-7 instead.
+
+    Args:
+        eps: numerical guard added to the union and the squared enclosing diagonal.
+        reduction: ``"none"``, ``"mean"`` or ``"sum"``.
+        loss_weight: multiplier of the loss.
+        validate_args: check finiteness (host sync).
+
+    Example:
+        >>> pred = torch.tensor([[0.0, 0.0, 2.0, 2.0]])
+        >>> DIoULoss()(pred, torch.tensor([[2.0, 0.0, 4.0, 2.0]]))
+        tensor(1.2000)
+
+    Reference: Zheng et al., *Distance-IoU Loss*, AAAI 2020.
+    """
+
+    _function = staticmethod(diou_loss)
+
+
+class CIoULoss(_BoxLoss):
+    r"""Complete-IoU loss :math:`\ell = 1 - \mathrm{clamp}(\mathrm{IoU} - \rho^2/c^2 - \alpha v, -1, 1)`.
+
+    MMDetection's conventions: :math:`\alpha = [\mathrm{IoU} > 0.5]\,v / (1 - \mathrm{IoU} + v)` without
+    gradient, ``eps`` added to the heights in :math:`v`; torchvision's ``complete_box_iou_loss`` does not
+    gate :math:`\alpha` and does not clamp. Zero-weight shortcut as :class:`GIoULoss`.
+
+    Args:
+        eps: numerical guard.
+        reduction: ``"none"``, ``"mean"`` or ``"sum"``.
+        loss_weight: multiplier of the loss.
+        validate_args: check finiteness (host sync).
+
+    Example:
+        >>> pred = torch.tensor([[0.0, 0.0, 2.0, 2.0]])
+        >>> CIoULoss()(pred, torch.tensor([[2.0, 0.0, 4.0, 2.0]]))
+        tensor(1.2000)
+
+    Reference: Zheng et al., *Distance-IoU Loss*, AAAI 2020.
+    """
+
+    _function = staticmethod(ciou_loss)
