@@ -1,0 +1,162 @@
+"""LossMetric contract: running mean, dtype of states, checkpoints, Lightning logging (DESIGN.md)."""
+
+from __future__ import annotations
+
+import lightning as L
+import pytest
+import torch
+from torch import nn
+
+from lightning_losses import FocalLoss, GIoULoss, L1Loss, LossMetric, SmoothL1Loss
+from lightning_losses.losses.base import zero_weight_shortcut
+
+
+def test_running_mean_equals_mean_of_returned_values():
+    """compute() is the plain mean of every value forward returned (hand-computed reference)."""
+    torch.manual_seed(0)
+    loss = L1Loss()
+    returned = [loss(torch.randn(5, 4), torch.randn(5, 4)) for _ in range(7)]
+    torch.testing.assert_close(loss.compute(), torch.stack(returned).mean())
+    assert int(loss.num_calls) == 7
+
+
+def test_elementwise_return_joins_as_its_mean_as_one_call():
+    """A reduction='none' return (shape (N,)) joins the running mean as its own mean, counted once."""
+    loss = L1Loss(reduction="none")
+    a = loss(torch.tensor([1.0, 3.0]), torch.zeros(2))  # mean 2
+    b = loss(torch.tensor([4.0]), torch.zeros(1), reduction_override="sum")  # 4
+    assert a.shape == (2,)
+    torch.testing.assert_close(loss.compute(), torch.tensor(3.0))
+    torch.testing.assert_close(loss._forward_cache, b.detach())
+
+
+def test_reset_clears_the_running_mean():
+    loss = L1Loss()
+    loss(torch.ones(3), torch.zeros(3))
+    loss.reset()
+    loss(torch.full((3,), 5.0), torch.zeros(3))
+    torch.testing.assert_close(loss.compute(), torch.tensor(5.0))
+
+
+def test_compute_before_any_call_is_zero_not_nan():
+    with pytest.warns(UserWarning, match="before the ``update``"):
+        assert L1Loss().compute().item() == 0.0
+
+
+def test_running_state_holds_no_graph():
+    pred = torch.randn(4, 4, requires_grad=True)
+    loss = L1Loss()
+    out = loss(pred, torch.zeros(4, 4))
+    assert out.requires_grad
+    assert not loss.loss_sum.requires_grad
+    assert not loss._forward_cache.requires_grad
+
+
+def test_states_stay_float32_after_bf16_cast():
+    """.to(bfloat16) (precision='bf16-true') must not cast the sums: 10,000 ones sum to 256 in bf16."""
+    loss = L1Loss().to(torch.bfloat16)
+    assert loss.loss_sum.dtype == torch.float32
+    for _ in range(10_000):
+        loss.update(torch.tensor(1.0))
+    assert loss.loss_sum.item() == 10_000.0
+    loss.reset()
+    assert loss.loss_sum.dtype == torch.float32
+    loss(torch.ones(2, dtype=torch.bfloat16), torch.zeros(2, dtype=torch.bfloat16))
+    assert loss.compute().dtype == torch.float32
+
+
+def test_states_are_not_in_state_dict():
+    model = nn.ModuleDict({"cls": FocalLoss(), "box": GIoULoss()})
+    assert list(model.state_dict()) == []
+
+
+def test_reduction_override_and_validation():
+    loss = L1Loss(reduction="mean")
+    pred, target = torch.tensor([1.0, 3.0]), torch.zeros(2)
+    assert loss(pred, target, reduction_override="sum").item() == 4.0
+    assert loss(pred, target, reduction_override=None).item() == 2.0
+    with pytest.raises(ValueError, match="reduction_override"):
+        loss(pred, target, reduction_override="max")
+    with pytest.raises(ValueError, match="reduction"):
+        L1Loss(reduction="avg")
+    with pytest.raises(TypeError, match="loss_weight"):
+        L1Loss(loss_weight="2")
+    with pytest.raises(ValueError, match="loss_weight"):
+        L1Loss(loss_weight=float("nan"))
+
+
+def test_zero_weight_shortcut_is_device_side_for_scalars():
+    """For a scalar loss the all-zero-weight rule picks (pred*weight).sum() without a host read."""
+    pred = torch.randn(3, 4, requires_grad=True)
+    loss = torch.tensor(5.0)
+    out = zero_weight_shortcut(loss, pred, torch.zeros(3))
+    assert out.item() == 0.0
+    out.backward()
+    torch.testing.assert_close(pred.grad, torch.zeros(3, 4))
+    assert zero_weight_shortcut(loss, pred, torch.tensor([0.0, 1.0, 0.0])).item() == 5.0
+
+
+def test_module_signature_lists_only_loss_parameters():
+    """Explicit signatures: jsonargparse / --print_config see the loss's own parameters only."""
+    import inspect
+
+    params = inspect.signature(SmoothL1Loss.__init__).parameters
+    assert list(params) == ["self", "beta", "reduction", "loss_weight", "validate_args"]
+
+
+class _TinyRegressor(L.LightningModule):
+    """One linear layer; logs its L1Loss object on step and epoch."""
+
+    def __init__(self, targets: torch.Tensor) -> None:
+        super().__init__()
+        self.layer = nn.Linear(1, 1)
+        self.train_loss = L1Loss()
+        self.targets = targets
+        self.returned: list[float] = []
+
+    def training_step(self, batch, batch_idx):
+        (x,) = batch
+        loss = self.train_loss(self.layer(x), self.targets[batch_idx].expand(x.shape[0], 1))
+        self.returned.append(loss.item())
+        self.log("train/loss_bbox", self.train_loss, on_step=True, on_epoch=True)
+        return loss
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.0)
+
+
+def test_lightning_logs_step_and_epoch_values(tmp_path):
+    """Logging the metric object: *_step is the last call's value, *_epoch the mean of the epoch's calls."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    torch.manual_seed(0)
+    model = _TinyRegressor(torch.tensor([[1.0], [5.0], [-3.0], [8.0]]))
+    data = DataLoader(TensorDataset(torch.randn(8, 1)), batch_size=2)
+    trainer = L.Trainer(
+        max_epochs=1,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )
+    trainer.fit(model, data)
+    metrics = trainer.callback_metrics
+    assert metrics["train/loss_bbox_step"].item() == pytest.approx(model.returned[-1], rel=1e-6)
+    assert metrics["train/loss_bbox_epoch"].item() == pytest.approx(sum(model.returned) / 4, rel=1e-6)
+
+
+def test_subclass_contract():
+    """A user-defined LossMetric needs only _loss; forward tracks it."""
+
+    class Double(LossMetric):
+        def __init__(self, reduction: str = "mean", loss_weight: float = 1.0) -> None:
+            super().__init__(reduction=reduction, loss_weight=loss_weight)
+
+        def _loss(self, pred, target, weight, avg_factor, reduction):
+            return self.loss_weight * 2 * (pred - target).abs().mean()
+
+    loss = Double(loss_weight=3.0)
+    assert loss(torch.ones(2), torch.zeros(2)).item() == 6.0
+    assert loss.compute().item() == 6.0
