@@ -1,0 +1,99 @@
+"""ATSS: adaptive training sample selection, batched over images."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from lightning_losses.assigners.base import AssignResult
+from lightning_losses.boxes.iou import bbox_overlaps
+from lightning_losses.boxes.targets import PaddedTargets
+
+__all__ = ["ATSSAssigner"]
+
+
+class ATSSAssigner:
+    r"""Pick positives per box by a statistic of its closest priors' IoUs (Zhang et al., CVPR 2020).
+
+    For each box: on every level take the :math:`\min(k, n_l)` priors whose centers are closest to
+    the box center (Euclidean); over these candidates compute the IoU threshold
+    :math:`t = \mu + \sigma` (mean plus unbiased standard deviation); a candidate is positive when its
+    IoU is :math:`\ge t` and its center lies inside the box by more than 0.01. A prior positive for
+    several boxes takes the one of highest IoU (the first on ties). An image without boxes is all negative.
+
+    Args:
+        topk: candidates per level :math:`k`.
+        max_elements: budget for the (image, prior, box) distance work of one level, chunked over boxes.
+
+    Example:
+        >>> from lightning_losses.boxes.targets import pad_targets
+        >>> priors = torch.tensor([[0.0, 0, 8, 8], [8, 0, 16, 8], [40, 40, 48, 48]])
+        >>> gts = pad_targets([{"boxes": torch.tensor([[0.0, 0, 9, 8]]), "labels": torch.tensor([1])}])
+        >>> ATSSAssigner(topk=3).assign(priors, [3], gts).gt_inds  # IoUs .89, .06, 0: threshold .81
+        tensor([[1, 0, 0]])
+    """
+
+    def __init__(self, topk: int = 9, max_elements: int = 1 << 24) -> None:
+        if topk < 1:
+            raise ValueError(f"`topk` must be >= 1, got {topk}")
+        self.topk = int(topk)
+        self.max_elements = int(max_elements)
+
+    def _candidates(self, prior_centers: Tensor, gt_centers: Tensor, num_level_priors: Sequence[int]) -> Tensor:
+        """``(B, K, G)`` indices of the closest priors of every level, for every box."""
+        batch, num_gts = gt_centers.shape[:2]
+        out = []
+        start = 0
+        for count in num_level_priors:
+            k = min(self.topk, count)
+            stop = start + count
+            centers = prior_centers[start:stop]
+            step = max(1, min(num_gts, self.max_elements // max(batch * count * 3, 1)))
+            level = []
+            for g0 in range(0, num_gts, step):
+                diff = gt_centers[:, None, g0 : g0 + step, :] - centers[None, :, None, :]
+                distances = diff.pow(2).sum(-1).sqrt()  # (B, n_l, g)
+                level.append(distances.topk(k, dim=1, largest=False).indices + start)
+            out.append(torch.cat(level, dim=2))
+            start = stop
+        return torch.cat(out, dim=1)
+
+    @torch.no_grad()
+    def assign(self, priors: Tensor, num_level_priors: Sequence[int], gts: PaddedTargets) -> AssignResult:
+        """Assign ``(P, 4)`` priors (levels concatenated, ``num_level_priors`` each) to padded boxes."""
+        batch, num_gts = gts.mask.shape
+        num_priors = priors.shape[0]
+        device = priors.device
+        if sum(num_level_priors) != num_priors:
+            raise ValueError(f"`num_level_priors` {list(num_level_priors)} does not add up to {num_priors} priors")
+        if num_gts == 0 or num_priors == 0:
+            zeros = torch.zeros(batch, num_priors, dtype=torch.long, device=device)
+            return AssignResult(zeros, priors.new_zeros(batch, num_priors), zeros - 1)
+        prior_centers = (priors[:, :2] + priors[:, 2:]) / 2
+        gt_centers = (gts.boxes[..., :2] + gts.boxes[..., 2:]) / 2
+        cand = self._candidates(prior_centers, gt_centers, num_level_priors)  # (B, K, G)
+        cand_boxes = priors[cand]  # (B, K, G, 4)
+        gt_boxes = gts.boxes[:, None].expand_as(cand_boxes)
+        cand_ious = bbox_overlaps(cand_boxes, gt_boxes, is_aligned=True)  # (B, K, G)
+        threshold = cand_ious.mean(dim=1, keepdim=True) + cand_ious.std(dim=1, keepdim=True)
+        cx, cy = prior_centers[cand, 0], prior_centers[cand, 1]
+        margin = torch.stack(
+            [cx - gt_boxes[..., 0], cy - gt_boxes[..., 1], gt_boxes[..., 2] - cx, gt_boxes[..., 3] - cy]
+        ).amin(dim=0)
+        is_pos = (cand_ious >= threshold) & (margin > 0.01) & gts.mask[:, None, :]
+
+        # A prior positive for several boxes keeps the highest IoU, then the lowest box index.
+        flat = cand.reshape(batch, -1)
+        values = cand_ious.masked_fill(~is_pos, float("-inf")).reshape(batch, -1)
+        best = priors.new_full((batch, num_priors), float("-inf"))
+        best.scatter_reduce_(1, flat, values, reduce="amax")
+        box_index = torch.arange(num_gts, device=device).expand_as(cand).reshape(batch, -1)
+        winner = is_pos.reshape(batch, -1) & (values == best.gather(1, flat))
+        first = torch.full((batch, num_priors), num_gts, dtype=torch.long, device=device)
+        first.scatter_reduce_(1, flat, box_index.masked_fill(~winner, num_gts), reduce="amin")
+        positive = first < num_gts
+        gt_inds = torch.where(positive, first + 1, 0)
+        labels = torch.where(positive, gts.labels.gather(1, first.clamp(max=num_gts - 1)), -1)
+        return AssignResult(gt_inds, best.masked_fill(~positive, 0.0), labels)

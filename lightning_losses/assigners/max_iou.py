@@ -1,0 +1,119 @@
+"""Max-IoU assignment (RetinaNet), batched over images and chunked over priors."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from lightning_losses.assigners.base import AssignResult, chunk_size
+from lightning_losses.boxes.iou import bbox_overlaps
+from lightning_losses.boxes.targets import PaddedTargets
+
+__all__ = ["MaxIoUAssigner"]
+
+
+class MaxIoUAssigner:
+    """Assign each prior to the box it overlaps most, by IoU thresholds, with low-quality matches.
+
+    A prior is negative when ``0 <= max IoU < neg_iou_thr``, positive for its best box when
+    ``max IoU >= pos_iou_thr``, ignored in between. With ``match_low_quality``, each box then claims
+    the priors it overlaps most (every prior tied at that box's max IoU with ``gt_max_assign_all``,
+    else the first), boxes in order so a later box overwrites an earlier one, provided the box's max
+    IoU is ``>= min_pos_iou`` **and > 0**: a box that overlaps no prior assigns nothing.
+    (MMDetection with ``min_pos_iou=0`` and torchvision's ``Matcher`` make every zero-IoU prior
+    positive for such a box; that is a bug, not copied.) An image without boxes is all negative.
+
+    The ``(B, G, P)`` IoU work is done in chunks of priors holding at most ``max_elements`` pairs, in
+    two passes (best box per prior and per box, then the low-quality step), so memory stays bounded.
+
+    Args:
+        pos_iou_thr: IoU at or above which a prior is positive.
+        neg_iou_thr: IoU below which a prior is negative.
+        min_pos_iou: lowest max-IoU with which a box may claim its low-quality matches.
+        match_low_quality: run the low-quality step.
+        gt_max_assign_all: the low-quality step claims every prior tied at the box's max IoU.
+        max_elements: chunk budget, in (image, box, prior) triples.
+
+    Example:
+        >>> from lightning_losses.boxes.targets import pad_targets
+        >>> priors = torch.tensor([[0.0, 0, 10, 10], [5, 5, 15, 15], [20, 20, 30, 30]])
+        >>> gts = pad_targets([{"boxes": torch.tensor([[0.0, 0, 10, 12]]), "labels": torch.tensor([3])}])
+        >>> MaxIoUAssigner().assign(priors, gts).gt_inds
+        tensor([[1, 0, 0]])
+    """
+
+    def __init__(
+        self,
+        pos_iou_thr: float = 0.5,
+        neg_iou_thr: float = 0.4,
+        min_pos_iou: float = 0.0,
+        match_low_quality: bool = True,
+        gt_max_assign_all: bool = True,
+        max_elements: int = 1 << 24,
+    ) -> None:
+        if neg_iou_thr > pos_iou_thr:
+            raise ValueError(f"`neg_iou_thr` ({neg_iou_thr}) must not exceed `pos_iou_thr` ({pos_iou_thr})")
+        self.pos_iou_thr = pos_iou_thr
+        self.neg_iou_thr = neg_iou_thr
+        self.min_pos_iou = min_pos_iou
+        self.match_low_quality = match_low_quality
+        self.gt_max_assign_all = gt_max_assign_all
+        self.max_elements = int(max_elements)
+
+    def _overlaps(self, gts: PaddedTargets, priors: Tensor, prior_mask: Tensor | None, start: int, stop: int) -> Tensor:
+        # Padding boxes get IoU 0, which never beats a real box (ties go to the first, real, index);
+        # priors outside `prior_mask` get -1, so they are neither matched nor anyone's best prior.
+        overlaps = bbox_overlaps(gts.boxes, priors[start:stop]).masked_fill(~gts.mask[..., None], 0.0)
+        if prior_mask is not None:
+            overlaps = overlaps.masked_fill(~prior_mask[:, None, start:stop], -1.0)
+        return overlaps
+
+    @torch.no_grad()
+    def assign(self, priors: Tensor, gts: PaddedTargets, prior_mask: Tensor | None = None) -> AssignResult:
+        """Assign ``(P, 4)`` priors to the padded boxes of each image.
+
+        Args:
+            priors: ``(P, 4)`` xyxy, shared by the images.
+            gts: padded boxes ``(B, G, 4)``, labels, mask.
+            prior_mask: optional ``(B, P)`` bool of valid priors; the others are ignored (``gt_inds = -1``)
+                and take no part in the matching.
+        """
+        batch, num_gts = gts.mask.shape
+        num_priors = priors.shape[0]
+        device = priors.device
+        max_ov = priors.new_zeros(batch, num_priors)
+        if prior_mask is not None:
+            max_ov = max_ov.masked_fill(~prior_mask, -1.0)
+        argmax = torch.zeros(batch, num_priors, dtype=torch.long, device=device)
+        gt_max = priors.new_full((batch, num_gts), -1.0)
+        gt_argmax = torch.zeros(batch, num_gts, dtype=torch.long, device=device)
+        step = chunk_size(batch, num_gts, num_priors, self.max_elements, per_pair=4)
+        chunks = [(start, min(start + step, num_priors)) for start in range(0, num_priors, step)]
+        if num_gts:
+            for start, stop in chunks:
+                overlaps = self._overlaps(gts, priors, prior_mask, start, stop)
+                max_ov[:, start:stop], argmax[:, start:stop] = overlaps.max(dim=1)
+                chunk_max, chunk_arg = overlaps.max(dim=2)
+                better = chunk_max > gt_max  # strict: the first prior holding the max stays
+                gt_argmax = torch.where(better, chunk_arg + start, gt_argmax)
+                gt_max = torch.where(better, chunk_max, gt_max)
+
+        gt_inds = torch.full((batch, num_priors), -1, dtype=torch.long, device=device)
+        gt_inds[(max_ov >= 0) & (max_ov < self.neg_iou_thr)] = 0
+        gt_inds = torch.where(max_ov >= self.pos_iou_thr, argmax + 1, gt_inds)
+
+        if self.match_low_quality and num_gts:
+            claims = gts.mask & (gt_max >= self.min_pos_iou) & (gt_max > 0)
+            box_ids = torch.arange(1, num_gts + 1, device=device).expand(batch, num_gts)
+            # The last box (in order) that claims a prior wins, as if boxes overwrote one another.
+            claimed = torch.zeros(batch, num_priors, dtype=torch.long, device=device)
+            if self.gt_max_assign_all:
+                for start, stop in chunks:
+                    tied = (self._overlaps(gts, priors, prior_mask, start, stop) == gt_max[..., None]) & claims[..., None]
+                    claimed[:, start:stop] = (tied * box_ids[..., None]).amax(dim=1)
+            else:
+                claimed.scatter_reduce_(1, gt_argmax, box_ids * claims, reduce="amax")
+            gt_inds = torch.where(claimed > 0, claimed, gt_inds)
+
+        labels = torch.where(gt_inds > 0, gts.labels.gather(1, (gt_inds - 1).clamp(min=0)), -1)
+        return AssignResult(gt_inds, max_ov, labels)

@@ -1,0 +1,95 @@
+"""FCOS point assignment, batched over images and chunked over points."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from lightning_losses.assigners.base import AssignResult, chunk_size
+from lightning_losses.boxes.targets import PaddedTargets
+
+__all__ = ["FCOS_REGRESS_RANGES", "PointAssigner"]
+
+FCOS_REGRESS_RANGES = ((-1.0, 64.0), (64.0, 128.0), (128.0, 256.0), (256.0, 512.0), (512.0, 1e8))
+
+
+class PointAssigner:
+    r"""Assign FCOS points to boxes: strictly inside, within the level's range, smallest box wins.
+
+    A point :math:`(x, y)` of a level with range :math:`[m_{lo}, m_{hi}]` is a candidate for a box when
+    it lies strictly inside the box (with ``center_sampling``: strictly inside the box's center region
+    :math:`[\max(c_x - r s, x_1), \max(c_y - r s, y_1), \min(c_x + r s, x_2), \min(c_y + r s, y_2)]`,
+    :math:`r` = ``center_sample_radius``, :math:`s` the stride) and
+    :math:`m_{lo} \le \max(l, t, r, b) \le m_{hi}`. Among its candidates the box of smallest area wins
+    (the first on ties); a point with none is negative.
+
+    Args:
+        regress_ranges: ``(lo, hi)`` per level.
+        center_sampling: use the center region instead of the whole box.
+        center_sample_radius: :math:`r`, in strides.
+        max_elements: chunk budget, in (image, box, point) triples.
+    """
+
+    def __init__(
+        self,
+        regress_ranges: Sequence[tuple[float, float]] = FCOS_REGRESS_RANGES,
+        center_sampling: bool = False,
+        center_sample_radius: float = 1.5,
+        max_elements: int = 1 << 24,
+    ) -> None:
+        self.regress_ranges = [tuple(float(v) for v in r) for r in regress_ranges]
+        self.center_sampling = center_sampling
+        self.center_sample_radius = float(center_sample_radius)
+        self.max_elements = int(max_elements)
+
+    @torch.no_grad()
+    def assign(self, points: Tensor, levels: Tensor, strides: Sequence[int], gts: PaddedTargets) -> AssignResult:
+        """Assign ``(P, 2)`` points of the given ``(P,)`` levels to the padded boxes of each image.
+
+        ``max_overlaps`` holds the matched box's area (``inf`` for negatives).
+        """
+        if len(self.regress_ranges) < len(strides):
+            raise ValueError(f"{len(self.regress_ranges)} regress ranges for {len(strides)} levels")
+        batch, num_gts = gts.mask.shape
+        num_points = points.shape[0]
+        ranges = points.new_tensor(self.regress_ranges)[levels]
+        radius = points.new_tensor([float(s) for s in strides])[levels] * self.center_sample_radius
+        boxes = gts.boxes[..., None, :]  # (B, G, 1, 4)
+        areas = ((gts.boxes[..., 2] - gts.boxes[..., 0]) * (gts.boxes[..., 3] - gts.boxes[..., 1])).masked_fill(
+            ~gts.mask, float("inf")
+        )
+        min_area = points.new_full((batch, num_points), float("inf"))
+        index = torch.zeros(batch, num_points, dtype=torch.long, device=points.device)
+        step = chunk_size(batch, num_gts, num_points, self.max_elements, per_pair=8)
+        for start in range(0, num_points if num_gts else 0, step):
+            stop = min(start + step, num_points)
+            x, y = points[start:stop, 0], points[start:stop, 1]
+            left, top = x - boxes[..., 0], y - boxes[..., 1]
+            right, bottom = boxes[..., 2] - x, boxes[..., 3] - y
+            if self.center_sampling:
+                cx = (boxes[..., 0] + boxes[..., 2]) / 2
+                cy = (boxes[..., 1] + boxes[..., 3]) / 2
+                rad = radius[start:stop]
+                inside = (
+                    torch.stack(
+                        [
+                            x - torch.maximum(cx - rad, boxes[..., 0]),
+                            y - torch.maximum(cy - rad, boxes[..., 1]),
+                            torch.minimum(cx + rad, boxes[..., 2]) - x,
+                            torch.minimum(cy + rad, boxes[..., 3]) - y,
+                        ]
+                    ).amin(dim=0)
+                    > 0
+                )
+            else:
+                inside = torch.minimum(torch.minimum(left, top), torch.minimum(right, bottom)) > 0
+            max_side = torch.maximum(torch.maximum(left, top), torch.maximum(right, bottom))
+            in_range = (max_side >= ranges[start:stop, 0]) & (max_side <= ranges[start:stop, 1])
+            chunk_areas = areas[..., None].expand(-1, -1, stop - start).masked_fill(~(inside & in_range), float("inf"))
+            min_area[:, start:stop], index[:, start:stop] = chunk_areas.min(dim=1)
+        positive = torch.isfinite(min_area)
+        gt_inds = torch.where(positive, index + 1, 0)
+        labels = torch.where(positive, gts.labels.gather(1, index), -1)
+        return AssignResult(gt_inds, min_area, labels)

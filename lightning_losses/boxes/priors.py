@@ -1,0 +1,163 @@
+"""Prior generators: multi-level anchors and points with MMDetection's layout.
+
+Rows are ordered level by level, then ``y``-major, ``x``, then anchor ``a`` within a cell, which is
+the order of ``feature_map.permute(0, 2, 3, 1).reshape(B, -1, ·)`` with channel ``a · C + c``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+__all__ = ["AnchorGenerator", "PointGenerator", "level_indices", "valid_flags"]
+
+
+def _grid(height: int, width: int, stride: float, offset: float, device: torch.device) -> tuple[Tensor, Tensor]:
+    xs = (torch.arange(width, device=device, dtype=torch.float32) + offset) * stride
+    ys = (torch.arange(height, device=device, dtype=torch.float32) + offset) * stride
+    return xs.repeat(height), ys.repeat_interleave(width)
+
+
+class AnchorGenerator:
+    r"""Anchors at every feature-map cell of every level (MMDetection's ``AnchorGenerator``).
+
+    For a level of stride :math:`s`, ``scale`` :math:`k` and ratio :math:`r = h / w` the anchor is
+    :math:`w = s k / \sqrt r`, :math:`h = s k \sqrt r`, centered at :math:`((x + o) s, (y + o) s)` with
+    ``center_offset`` :math:`o` (0: the cell's corner). Per cell the anchors run ratio-major, then scale.
+
+    Args:
+        strides: stride of each level.
+        ratios: height / width ratios.
+        scales: anchor scales relative to the stride; or give ``octave_base_scale`` and
+            ``scales_per_octave`` for :math:`k_i = \text{base} \cdot 2^{i / n}`.
+        octave_base_scale: base of the octave scales.
+        scales_per_octave: number of octave scales.
+        base_sizes: base size per level (default: the strides).
+        center_offset: cell offset of anchor centers, in ``[0, 1)``.
+
+    Example:
+        >>> gen = AnchorGenerator(strides=[8], ratios=[1.0], octave_base_scale=8, scales_per_octave=1)
+        >>> gen.grid_priors([(1, 2)])[0]
+        tensor([[-32., -32.,  32.,  32.],
+                [-24., -32.,  40.,  32.]])
+    """
+
+    def __init__(
+        self,
+        strides: Sequence[int],
+        ratios: Sequence[float] = (0.5, 1.0, 2.0),
+        scales: Sequence[float] | None = None,
+        octave_base_scale: float | None = None,
+        scales_per_octave: int | None = None,
+        base_sizes: Sequence[float] | None = None,
+        center_offset: float = 0.0,
+    ) -> None:
+        if (scales is None) == (octave_base_scale is None):
+            raise ValueError("give either `scales` or `octave_base_scale` (with `scales_per_octave`)")
+        if scales is None:
+            n = int(scales_per_octave or 1)
+            scales = [octave_base_scale * 2 ** (i / n) for i in range(n)]
+        if not 0 <= center_offset < 1:
+            raise ValueError(f"`center_offset` must lie in [0, 1), got {center_offset}")
+        self.strides = [int(s) for s in strides]
+        self.ratios = torch.tensor(list(ratios), dtype=torch.float32)
+        self.scales = torch.tensor(list(scales), dtype=torch.float32)
+        self.base_sizes = [float(b) for b in (base_sizes or self.strides)]
+        if len(self.base_sizes) != len(self.strides):
+            raise ValueError(f"`base_sizes` needs one value per level ({len(self.strides)}), got {base_sizes}")
+        self.center_offset = center_offset
+        self.base_anchors = [self._base_anchors(size) for size in self.base_sizes]
+
+    @property
+    def num_base_priors(self) -> int:
+        """Anchors per cell."""
+        return len(self.ratios) * len(self.scales)
+
+    def _base_anchors(self, base_size: float) -> Tensor:
+        center = self.center_offset * base_size
+        h_ratios = torch.sqrt(self.ratios)
+        w_ratios = 1 / h_ratios
+        ws = (base_size * w_ratios[:, None] * self.scales[None, :]).reshape(-1)
+        hs = (base_size * h_ratios[:, None] * self.scales[None, :]).reshape(-1)
+        return torch.stack([center - 0.5 * ws, center - 0.5 * hs, center + 0.5 * ws, center + 0.5 * hs], dim=-1)
+
+    def grid_priors(
+        self, featmap_sizes: Sequence[tuple[int, int]], device: torch.device | str = "cpu"
+    ) -> list[Tensor]:
+        """One ``(H·W·A, 4)`` float32 anchor tensor per level."""
+        if len(featmap_sizes) != len(self.strides):
+            raise ValueError(f"got {len(featmap_sizes)} feature maps for {len(self.strides)} strides {self.strides}")
+        priors = []
+        for (height, width), stride, base in zip(featmap_sizes, self.strides, self.base_anchors, strict=True):
+            xs, ys = _grid(height, width, stride, 0.0, torch.device(device))
+            shifts = torch.stack([xs, ys, xs, ys], dim=-1)
+            priors.append((shifts[:, None, :] + base.to(device)[None, :, :]).reshape(-1, 4))
+        return priors
+
+
+class PointGenerator:
+    """Points at every feature-map cell: ``((x + offset)·s, (y + offset)·s)``, rows ``y``-major.
+
+    Args:
+        strides: stride of each level.
+        offset: cell offset (0.5: cell centers, as FCOS; 0: cell corners, as YOLOX's decoding).
+
+    Example:
+        >>> PointGenerator(strides=[8]).grid_priors([(1, 2)])[0]
+        tensor([[ 4.,  4.],
+                [12.,  4.]])
+    """
+
+    def __init__(self, strides: Sequence[int], offset: float = 0.5) -> None:
+        self.strides = [int(s) for s in strides]
+        self.offset = float(offset)
+
+    def grid_priors(
+        self, featmap_sizes: Sequence[tuple[int, int]], device: torch.device | str = "cpu"
+    ) -> list[Tensor]:
+        """One ``(H·W, 2)`` float32 point tensor per level."""
+        if len(featmap_sizes) != len(self.strides):
+            raise ValueError(f"got {len(featmap_sizes)} feature maps for {len(self.strides)} strides {self.strides}")
+        return [
+            torch.stack(_grid(h, w, s, self.offset, torch.device(device)), dim=-1)
+            for (h, w), s in zip(featmap_sizes, self.strides, strict=True)
+        ]
+
+
+def level_indices(counts: Sequence[int], device: torch.device | str = "cpu") -> Tensor:
+    """The level index of each row of priors concatenated over levels with ``counts`` rows each."""
+    return torch.repeat_interleave(torch.arange(len(counts), device=device), torch.tensor(list(counts), device=device))
+
+
+def valid_flags(
+    featmap_sizes: Sequence[tuple[int, int]],
+    strides: Sequence[int],
+    num_base_priors: int,
+    pad_shapes: Tensor,
+) -> Tensor:
+    """Which priors lie on the valid (unpadded) part of each image's feature maps.
+
+    A cell ``(y, x)`` of a level of stride ``s`` is valid for an image of padded shape ``(H, W)`` when
+    ``y < min(ceil(H / s), H_l)`` and ``x < min(ceil(W / s), W_l)`` (MMDetection's rule).
+
+    Args:
+        featmap_sizes: ``(H_l, W_l)`` per level.
+        strides: stride per level.
+        num_base_priors: priors per cell.
+        pad_shapes: ``(B, 2)`` padded ``(H, W)`` of each image.
+
+    Returns:
+        ``(B, P)`` bool over the priors of all levels.
+    """
+    flags = []
+    for (height, width), stride in zip(featmap_sizes, strides, strict=True):
+        valid_h = torch.clamp(torch.ceil(pad_shapes[:, 0].float() / stride), max=height)
+        valid_w = torch.clamp(torch.ceil(pad_shapes[:, 1].float() / stride), max=width)
+        ys = torch.arange(height, device=pad_shapes.device).repeat_interleave(width)
+        xs = torch.arange(width, device=pad_shapes.device).repeat(height)
+        cell = (ys[None] < valid_h[:, None]) & (xs[None] < valid_w[:, None])
+        flags.append(cell.repeat_interleave(num_base_priors, dim=1))
+    return torch.cat(flags, dim=1)
+

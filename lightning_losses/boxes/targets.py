@@ -1,0 +1,66 @@
+"""Ground truth as padded tensors, so assigners handle a whole batch with one tensor op."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+__all__ = ["PaddedTargets", "pad_targets"]
+
+
+class PaddedTargets(NamedTuple):
+    """``boxes`` ``(B, G, 4)`` xyxy, ``labels`` ``(B, G)`` int64, ``mask`` ``(B, G)`` bool (real boxes first)."""
+
+    boxes: Tensor
+    labels: Tensor
+    mask: Tensor
+
+
+def pad_targets(
+    targets: Sequence[Mapping[str, Tensor]],
+    device: torch.device | str | None = None,
+) -> PaddedTargets:
+    """Stack per-image ``{"boxes": (M, 4), "labels": (M,)}`` dicts into tensors padded to the largest ``M``.
+
+    Padding rows are zero boxes with label ``-1`` and ``mask`` False. Shapes and dtypes are checked here;
+    label ranges are not (that would read values back to the host).
+
+    Example:
+        >>> t = pad_targets([{"boxes": torch.tensor([[0.0, 0, 4, 4]]), "labels": torch.tensor([2])},
+        ...                  {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.long)}])
+        >>> t.boxes.shape, t.mask.tolist()
+        (torch.Size([2, 1, 4]), [[True], [False]])
+    """
+    if not isinstance(targets, Sequence) or isinstance(targets, (str, bytes)):
+        raise TypeError(f"`targets` must be a list with one dict per image, got {type(targets).__name__}")
+    boxes, labels = [], []
+    for i, target in enumerate(targets):
+        if not isinstance(target, Mapping) or "boxes" not in target or "labels" not in target:
+            raise TypeError(f"`targets[{i}]` must be a dict with 'boxes' and 'labels'")
+        b, lab = target["boxes"], target["labels"]
+        if not isinstance(b, Tensor) or b.ndim != 2 or b.shape[-1] != 4:
+            shape = tuple(b.shape) if isinstance(b, Tensor) else type(b).__name__
+            raise ValueError(f"`targets[{i}]['boxes']` must have shape (M, 4) xyxy, got {shape}")
+        if not isinstance(lab, Tensor) or lab.shape != b.shape[:1]:
+            shape = tuple(lab.shape) if isinstance(lab, Tensor) else type(lab).__name__
+            raise ValueError(f"`targets[{i}]['labels']` must have shape ({b.shape[0]},), got {shape}")
+        if lab.is_floating_point():
+            raise TypeError(f"`targets[{i}]['labels']` must be an integer tensor, got {lab.dtype}")
+        boxes.append(b.float())
+        labels.append(lab.long())
+    if not boxes:
+        raise ValueError("`targets` is empty: give one dict per image")
+    device = device if device is not None else boxes[0].device
+    counts = torch.tensor([b.shape[0] for b in boxes])
+    size = max(int(counts.max()), 0)
+    batch = len(boxes)
+    out_boxes = torch.zeros(batch, size, 4, device=device)
+    out_labels = torch.full((batch, size), -1, dtype=torch.long, device=device)
+    if size:
+        out_boxes = torch.nn.utils.rnn.pad_sequence([b.to(device) for b in boxes], batch_first=True)
+        out_labels = torch.nn.utils.rnn.pad_sequence([lab.to(device) for lab in labels], batch_first=True, padding_value=-1)
+    mask = torch.arange(size, device=device)[None, :] < counts.to(device)[:, None]
+    return PaddedTargets(out_boxes, out_labels, mask)
