@@ -22,24 +22,29 @@ from lightning_losses.losses import (
     SigmoidFocalLoss,
     SmoothL1Loss,
 )
+from lightning_losses.presets import ATSSCriterion, FCOSCriterion, GFLCriterion, RetinaNetCriterion
 from lightning_losses.registry import LOSSES, build_loss, list_losses
 
 __version__ = "0.1.0"
 
 __all__ = [
     "LOSSES",
+    "ATSSCriterion",
     "BalancedL1Loss",
     "CIoULoss",
     "CrossEntropyLoss",
     "DIoULoss",
     "DistributionFocalLoss",
+    "FCOSCriterion",
     "FocalLoss",
+    "GFLCriterion",
     "GIoULoss",
     "IoULoss",
     "L1Loss",
     "LossMetric",
     "MSELoss",
     "QualityFocalLoss",
+    "RetinaNetCriterion",
     "SigmoidFocalLoss",
     "SmoothL1Loss",
     "build_loss",

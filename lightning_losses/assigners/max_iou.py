@@ -32,6 +32,8 @@ class MaxIoUAssigner:
         min_pos_iou: lowest max-IoU with which a box may claim its low-quality matches.
         match_low_quality: run the low-quality step.
         gt_max_assign_all: the low-quality step claims every prior tied at the box's max IoU.
+        low_quality_match: whom a claimed prior is matched to: ``"box"``, the box that claims it
+            (MMDetection), or ``"best"``, the prior's own best box (torchvision's ``Matcher``, NetsPresso).
         max_elements: chunk budget, in (image, box, prior) triples.
 
     Example:
@@ -49,8 +51,11 @@ class MaxIoUAssigner:
         min_pos_iou: float = 0.0,
         match_low_quality: bool = True,
         gt_max_assign_all: bool = True,
+        low_quality_match: str = "box",
         max_elements: int = 1 << 24,
     ) -> None:
+        if low_quality_match not in ("box", "best"):
+            raise ValueError(f"`low_quality_match` must be 'box' or 'best', got {low_quality_match!r}")
         if neg_iou_thr > pos_iou_thr:
             raise ValueError(f"`neg_iou_thr` ({neg_iou_thr}) must not exceed `pos_iou_thr` ({pos_iou_thr})")
         self.pos_iou_thr = pos_iou_thr
@@ -58,6 +63,7 @@ class MaxIoUAssigner:
         self.min_pos_iou = min_pos_iou
         self.match_low_quality = match_low_quality
         self.gt_max_assign_all = gt_max_assign_all
+        self.low_quality_match = low_quality_match
         self.max_elements = int(max_elements)
 
     def _overlaps(self, gts: PaddedTargets, priors: Tensor, prior_mask: Tensor | None, start: int, stop: int) -> Tensor:
@@ -109,11 +115,14 @@ class MaxIoUAssigner:
             claimed = torch.zeros(batch, num_priors, dtype=torch.long, device=device)
             if self.gt_max_assign_all:
                 for start, stop in chunks:
-                    tied = (self._overlaps(gts, priors, prior_mask, start, stop) == gt_max[..., None]) & claims[..., None]
+                    tied = (self._overlaps(gts, priors, prior_mask, start, stop) == gt_max[..., None]) & claims[
+                        ..., None
+                    ]
                     claimed[:, start:stop] = (tied * box_ids[..., None]).amax(dim=1)
             else:
                 claimed.scatter_reduce_(1, gt_argmax, box_ids * claims, reduce="amax")
-            gt_inds = torch.where(claimed > 0, claimed, gt_inds)
+            matched = claimed if self.low_quality_match == "box" else argmax + 1
+            gt_inds = torch.where(claimed > 0, matched, gt_inds)
 
         labels = torch.where(gt_inds > 0, gts.labels.gather(1, (gt_inds - 1).clamp(min=0)), -1)
         return AssignResult(gt_inds, max_ov, labels)

@@ -83,9 +83,7 @@ class AnchorGenerator:
         hs = (base_size * h_ratios[:, None] * self.scales[None, :]).reshape(-1)
         return torch.stack([center - 0.5 * ws, center - 0.5 * hs, center + 0.5 * ws, center + 0.5 * hs], dim=-1)
 
-    def grid_priors(
-        self, featmap_sizes: Sequence[tuple[int, int]], device: torch.device | str = "cpu"
-    ) -> list[Tensor]:
+    def grid_priors(self, featmap_sizes: Sequence[tuple[int, int]], device: torch.device | str = "cpu") -> list[Tensor]:
         """One ``(H·W·A, 4)`` float32 anchor tensor per level."""
         if len(featmap_sizes) != len(self.strides):
             raise ValueError(f"got {len(featmap_sizes)} feature maps for {len(self.strides)} strides {self.strides}")
@@ -114,9 +112,7 @@ class PointGenerator:
         self.strides = [int(s) for s in strides]
         self.offset = float(offset)
 
-    def grid_priors(
-        self, featmap_sizes: Sequence[tuple[int, int]], device: torch.device | str = "cpu"
-    ) -> list[Tensor]:
+    def grid_priors(self, featmap_sizes: Sequence[tuple[int, int]], device: torch.device | str = "cpu") -> list[Tensor]:
         """One ``(H·W, 2)`` float32 point tensor per level."""
         if len(featmap_sizes) != len(self.strides):
             raise ValueError(f"got {len(featmap_sizes)} feature maps for {len(self.strides)} strides {self.strides}")
@@ -160,4 +156,3 @@ def valid_flags(
         cell = (ys[None] < valid_h[:, None]) & (xs[None] < valid_w[:, None])
         flags.append(cell.repeat_interleave(num_base_priors, dim=1))
     return torch.cat(flags, dim=1)
-

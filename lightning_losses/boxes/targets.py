@@ -25,7 +25,8 @@ def pad_targets(
 ) -> PaddedTargets:
     """Stack per-image ``{"boxes": (M, 4), "labels": (M,)}`` dicts into tensors padded to the largest ``M``.
 
-    Padding rows are zero boxes with label ``-1`` and ``mask`` False. Shapes and dtypes are checked here;
+    Padding rows are zero boxes with label ``-1`` and ``mask`` False; there is always at least one
+    column, so a batch without any box still gathers safely. Shapes and dtypes are checked here;
     label ranges are not (that would read values back to the host).
 
     Example:
@@ -55,12 +56,15 @@ def pad_targets(
         raise ValueError("`targets` is empty: give one dict per image")
     device = device if device is not None else boxes[0].device
     counts = torch.tensor([b.shape[0] for b in boxes])
-    size = max(int(counts.max()), 0)
+    size = max(int(counts.max()), 1)
     batch = len(boxes)
+    counts = counts.to(device)
+    rows = torch.repeat_interleave(torch.arange(batch, device=device), counts)
+    starts = torch.cumsum(counts, 0) - counts
+    cols = torch.arange(rows.shape[0], device=device) - starts[rows]
     out_boxes = torch.zeros(batch, size, 4, device=device)
     out_labels = torch.full((batch, size), -1, dtype=torch.long, device=device)
-    if size:
-        out_boxes = torch.nn.utils.rnn.pad_sequence([b.to(device) for b in boxes], batch_first=True)
-        out_labels = torch.nn.utils.rnn.pad_sequence([lab.to(device) for lab in labels], batch_first=True, padding_value=-1)
-    mask = torch.arange(size, device=device)[None, :] < counts.to(device)[:, None]
+    out_boxes[rows, cols] = torch.cat(boxes).to(device)
+    out_labels[rows, cols] = torch.cat(labels).to(device)
+    mask = torch.arange(size, device=device)[None, :] < counts[:, None]
     return PaddedTargets(out_boxes, out_labels, mask)

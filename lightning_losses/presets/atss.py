@@ -1,0 +1,163 @@
+"""ATSS criterion: adaptive sample selection, focal / GIoU / centerness terms."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from lightning_losses.assigners.atss import ATSSAssigner
+from lightning_losses.boxes.coders import DeltaXYWHCoder, bbox2distance
+from lightning_losses.boxes.priors import AnchorGenerator
+from lightning_losses.boxes.targets import PaddedTargets, pad_targets
+from lightning_losses.losses.base import LossMetric
+from lightning_losses.losses.classification import CrossEntropyLoss, FocalLoss
+from lightning_losses.losses.iou import GIoULoss
+from lightning_losses.presets.base import DenseCriterion, flatten_levels, gather_boxes, onehot_targets
+from lightning_losses.presets.fcos import centerness_target
+
+__all__ = ["ATSSCriterion", "ATSSTargets", "atss_targets"]
+
+
+class ATSSTargets:
+    """Assignment shared by ATSS and GFL: anchors, positives, labels and matched boxes (``(B, P, …)``)."""
+
+    def __init__(self, anchors: Tensor, positive: Tensor, labels: Tensor, boxes: Tensor, num_pos_images: Tensor):
+        self.anchors = anchors
+        self.positive = positive
+        self.labels = labels
+        self.boxes = boxes
+        self.num_pos_images = num_pos_images
+
+    def avg_factor(self) -> Tensor:
+        """``Σ_img max(n_pos_img, 1)`` (before averaging over ranks)."""
+        return self.num_pos_images.clamp(min=1).sum()
+
+
+def atss_targets(
+    generator: AnchorGenerator,
+    assigner: ATSSAssigner,
+    cls_scores: Sequence[Tensor],
+    targets: Sequence[Mapping[str, Tensor]],
+    priors: Tensor | None,
+) -> ATSSTargets:
+    """Generate anchors (or take ``priors``), assign them with ATSS and gather each positive's box."""
+    device = cls_scores[0].device
+    sizes = [(int(m.shape[-2]), int(m.shape[-1])) for m in cls_scores]
+    per_cell = generator.num_base_priors
+    counts = [h * w * per_cell for h, w in sizes]
+    if priors is None:
+        priors = torch.cat(generator.grid_priors(sizes, device))
+    if priors.shape != (sum(counts), 4):
+        raise ValueError(f"`priors` must have shape ({sum(counts)}, 4) for these outputs, got {tuple(priors.shape)}")
+    priors = priors.float()
+    gts: PaddedTargets = pad_targets(targets, device)
+    assign = assigner.assign(priors, counts, gts)
+    positive = assign.positive
+    matched = gather_boxes(gts.boxes, assign.matched)
+    # Negatives get their own anchor as box, so every (zero-weight) quantity derived from it is finite.
+    matched = torch.where(positive[..., None], matched, priors.expand_as(matched))
+    return ATSSTargets(priors, positive, assign.labels, matched, positive.sum(dim=1))
+
+
+class ATSSCriterion(DenseCriterion):
+    r"""ATSS's loss terms, equal to MMDetection's ``ATSSHead.loss_by_feat``.
+
+    One square anchor of side ``8·s`` per cell, assigned by :class:`~lightning_losses.assigners.ATSSAssigner`
+    (top 9 per level). With :math:`N = \mathrm{mean}_{ranks}\sum_{img}\max(n^{pos}_{img}, 1)` and the
+    centerness target :math:`c^*` of each positive computed from its anchor center:
+
+    .. math::
+        \mathcal L_{cls} = \tfrac1N \textstyle\sum \mathrm{FL}, \quad
+        \mathcal L_{bbox} = 2\,\frac{\sum_{pos} c^*\,(1 - \mathrm{GIoU}(\hat b, b))}
+            {\max(\mathrm{mean}_{ranks}\sum c^*, 1)}, \quad
+        \mathcal L_{ctr} = \tfrac1N \textstyle\sum_{pos} \mathrm{BCE}(o, c^*)
+
+    where :math:`\hat b` decodes ``bbox_preds`` by ``DeltaXYWHCoder(stds=(0.1, 0.1, 0.2, 0.2))``.
+
+    Args:
+        num_classes: ``C``.
+        strides: stride per level.
+        octave_base_scale: anchor side in strides.
+        topk: ATSS candidates per level.
+        target_stds: coder stds.
+        loss_cls: default ``FocalLoss(gamma=2, alpha=0.25)``.
+        loss_bbox: default ``GIoULoss(loss_weight=2.0)``.
+        loss_centerness: default ``CrossEntropyLoss(use_sigmoid=True)``.
+        max_assign_elements: chunk budget of the assigner.
+
+    Shape:
+        ``cls_scores[l]`` ``(B, C, H_l, W_l)``, ``bbox_preds[l]`` ``(B, 4, H_l, W_l)`` deltas,
+        ``centerness[l]`` ``(B, 1, H_l, W_l)``; ``priors`` optional ``(P, 4)`` anchors.
+
+    Reference: Zhang et al., *Bridging the Gap Between Anchor-based and Anchor-free Detection*, CVPR 2020.
+    """
+
+    terms = ("loss_cls", "loss_bbox", "loss_centerness")
+
+    def __init__(
+        self,
+        num_classes: int,
+        strides: Sequence[int] = (8, 16, 32, 64, 128),
+        octave_base_scale: float = 8.0,
+        topk: int = 9,
+        target_stds: Sequence[float] = (0.1, 0.1, 0.2, 0.2),
+        loss_cls: LossMetric | Mapping[str, Any] | None = None,
+        loss_bbox: LossMetric | Mapping[str, Any] | None = None,
+        loss_centerness: LossMetric | Mapping[str, Any] | None = None,
+        max_assign_elements: int = 1 << 24,
+    ) -> None:
+        super().__init__(num_classes, strides)
+        self.anchor_generator = AnchorGenerator(
+            self.strides, ratios=(1.0,), octave_base_scale=octave_base_scale, scales_per_octave=1
+        )
+        self.assigner = ATSSAssigner(topk, max_assign_elements)
+        self.coder = DeltaXYWHCoder((0.0, 0.0, 0.0, 0.0), target_stds)
+        self.loss_cls = self.build_term(loss_cls, FocalLoss(gamma=2.0, alpha=0.25))
+        self.loss_bbox = self.build_term(loss_bbox, GIoULoss(loss_weight=2.0))
+        self.loss_centerness = self.build_term(loss_centerness, CrossEntropyLoss(use_sigmoid=True))
+
+    def forward(
+        self,
+        cls_scores: Sequence[Tensor],
+        bbox_preds: Sequence[Tensor],
+        centerness: Sequence[Tensor],
+        targets: Sequence[Mapping[str, Tensor]],
+        image_size: Sequence[int] | Tensor | None = None,
+        priors: Tensor | None = None,
+    ) -> dict[str, Tensor]:
+        """Return ``loss_cls``, ``loss_bbox`` and ``loss_centerness`` for one batch."""
+        self.check_levels(cls_scores=cls_scores, bbox_preds=bbox_preds, centerness=centerness)
+        cls = flatten_levels(cls_scores, self.num_classes, "cls_scores")
+        box = flatten_levels(bbox_preds, 4, "bbox_preds")
+        ctr = flatten_levels(centerness, 1, "centerness").squeeze(-1)
+        batch, num_priors = cls.shape[:2]
+        if box.shape[:2] != (batch, num_priors) or ctr.shape != (batch, num_priors):
+            raise ValueError("`cls_scores`, `bbox_preds` and `centerness` must cover the same anchors")
+        if len(targets) != batch:
+            raise ValueError(f"`targets` has {len(targets)} images, the outputs have {batch}")
+        t = atss_targets(self.anchor_generator, self.assigner, cls_scores, targets, priors)
+        anchor_centers = (t.anchors[:, :2] + t.anchors[:, 2:]) / 2
+        ctr_target = torch.where(
+            t.positive, centerness_target(bbox2distance(anchor_centers, t.boxes)), torch.zeros_like(ctr)
+        )
+        avg_factor, ctr_sum = self.average_over_ranks(t.avg_factor(), ctr_target.sum())
+
+        loss_cls = self.loss_cls(
+            cls.reshape(-1, self.num_classes),
+            onehot_targets(t.labels, self.num_classes, cls.dtype).reshape(-1, self.num_classes),
+            avg_factor=avg_factor,
+        )
+        decoded = self.coder.decode(t.anchors, box)
+        loss_bbox = self.loss_bbox(
+            decoded.reshape(-1, 4),
+            t.boxes.reshape(-1, 4),
+            weight=ctr_target.reshape(-1),
+            avg_factor=ctr_sum.clamp(min=1),
+        )
+        loss_centerness = self.loss_centerness(
+            ctr.reshape(-1), ctr_target.reshape(-1), weight=t.positive.reshape(-1).to(ctr.dtype), avg_factor=avg_factor
+        )
+        return {"loss_cls": loss_cls, "loss_bbox": loss_bbox, "loss_centerness": loss_centerness}

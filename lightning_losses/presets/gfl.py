@@ -1,0 +1,130 @@
+"""GFL criterion: ATSS assignment, quality focal, GIoU and distribution focal terms."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from lightning_losses.assigners.atss import ATSSAssigner
+from lightning_losses.boxes.coders import bbox2distance, distance2bbox, integral
+from lightning_losses.boxes.iou import bbox_overlaps
+from lightning_losses.boxes.priors import AnchorGenerator
+from lightning_losses.losses.base import LossMetric
+from lightning_losses.losses.classification import DistributionFocalLoss, QualityFocalLoss
+from lightning_losses.losses.iou import GIoULoss
+from lightning_losses.presets.atss import atss_targets
+from lightning_losses.presets.base import DenseCriterion, flatten_levels
+
+__all__ = ["GFLCriterion"]
+
+
+class GFLCriterion(DenseCriterion):
+    r"""GFL's loss terms, equal to MMDetection's ``GFLHead.loss_by_feat``.
+
+    ATSS assignment on one ``8·s`` anchor per cell; boxes are handled in stride units: each positive's
+    box :math:`\hat b` is the anchor center minus / plus the integral of the ``reg_max + 1``-bin
+    distributions. With :math:`N` as in ATSS, the quality target :math:`q = \mathrm{IoU}(\hat b_{detached}, b)`
+    (0 for negatives) and the weight :math:`w = \max_c \sigma(x_c)` (detached) of each positive:
+
+    .. math::
+        \mathcal L_{cls} = \tfrac1N \textstyle\sum \mathrm{QFL}(x, (y, q)), \quad
+        \mathcal L_{bbox} = 2\,\frac{\sum_{pos} w\,(1 - \mathrm{GIoU}(\hat b, b))}{W}, \quad
+        \mathcal L_{dfl} = 0.25\,\frac{\sum_{pos} w \sum_{side} \mathrm{DFL}}{4 W}
+
+    with :math:`W = \max(\mathrm{mean}_{ranks}\sum w, 1)` and DFL targets clamped to ``[0, reg_max - 0.1]``.
+
+    Args:
+        num_classes: ``C``.
+        strides: stride per level.
+        reg_max: largest distribution bin.
+        octave_base_scale: anchor side in strides.
+        topk: ATSS candidates per level.
+        loss_cls: default ``QualityFocalLoss(beta=2.0)`` (receives ``(labels, scores)``).
+        loss_bbox: default ``GIoULoss(loss_weight=2.0)``.
+        loss_dfl: default ``DistributionFocalLoss(loss_weight=0.25)``.
+        max_assign_elements: chunk budget of the assigner.
+
+    Shape:
+        ``cls_scores[l]`` ``(B, C, H_l, W_l)``; ``bbox_preds[l]`` ``(B, 4·(reg_max+1), H_l, W_l)``, channel
+        ``side·(reg_max+1) + bin``, sides ``(l, t, r, b)``; ``priors`` optional ``(P, 4)`` anchors.
+
+    Reference: Li et al., *Generalized Focal Loss*, NeurIPS 2020.
+    """
+
+    terms = ("loss_cls", "loss_bbox", "loss_dfl")
+
+    def __init__(
+        self,
+        num_classes: int,
+        strides: Sequence[int] = (8, 16, 32, 64, 128),
+        reg_max: int = 16,
+        octave_base_scale: float = 8.0,
+        topk: int = 9,
+        loss_cls: LossMetric | Mapping[str, Any] | None = None,
+        loss_bbox: LossMetric | Mapping[str, Any] | None = None,
+        loss_dfl: LossMetric | Mapping[str, Any] | None = None,
+        max_assign_elements: int = 1 << 24,
+    ) -> None:
+        super().__init__(num_classes, strides)
+        if reg_max < 1:
+            raise ValueError(f"`reg_max` must be >= 1, got {reg_max}")
+        self.reg_max = int(reg_max)
+        self.anchor_generator = AnchorGenerator(
+            self.strides, ratios=(1.0,), octave_base_scale=octave_base_scale, scales_per_octave=1
+        )
+        self.assigner = ATSSAssigner(topk, max_assign_elements)
+        self.loss_cls = self.build_term(loss_cls, QualityFocalLoss(beta=2.0))
+        self.loss_bbox = self.build_term(loss_bbox, GIoULoss(loss_weight=2.0))
+        self.loss_dfl = self.build_term(loss_dfl, DistributionFocalLoss(loss_weight=0.25))
+
+    def forward(
+        self,
+        cls_scores: Sequence[Tensor],
+        bbox_preds: Sequence[Tensor],
+        targets: Sequence[Mapping[str, Tensor]],
+        image_size: Sequence[int] | Tensor | None = None,
+        priors: Tensor | None = None,
+    ) -> dict[str, Tensor]:
+        """Return ``loss_cls``, ``loss_bbox`` and ``loss_dfl`` for one batch."""
+        self.check_levels(cls_scores=cls_scores, bbox_preds=bbox_preds)
+        bins = self.reg_max + 1
+        cls = flatten_levels(cls_scores, self.num_classes, "cls_scores")
+        box = flatten_levels(bbox_preds, 4 * bins, "bbox_preds")
+        batch, num_priors = cls.shape[:2]
+        if box.shape[:2] != (batch, num_priors):
+            raise ValueError(f"`bbox_preds` give {box.shape[1]} anchors per image, `cls_scores` {num_priors}")
+        if len(targets) != batch:
+            raise ValueError(f"`targets` has {len(targets)} images, the outputs have {batch}")
+        t = atss_targets(self.anchor_generator, self.assigner, cls_scores, targets, priors)
+        counts = [int(m.shape[-2] * m.shape[-1]) for m in cls_scores]
+        stride = torch.repeat_interleave(t.anchors.new_tensor(self.strides), torch.tensor(counts, device=cls.device))
+        centers = (t.anchors[:, :2] + t.anchors[:, 2:]) / 2 / stride[:, None]
+        target_boxes = t.boxes / stride[:, None]
+        pred_boxes = distance2bbox(centers, integral(box, self.reg_max))
+
+        positive = t.positive
+        score = torch.where(
+            positive, bbox_overlaps(pred_boxes.detach(), target_boxes, is_aligned=True), torch.zeros_like(cls[..., 0])
+        )
+        weight = torch.where(positive, cls.detach().sigmoid().amax(dim=-1), torch.zeros_like(score))
+        avg_factor, weight_sum = self.average_over_ranks(t.avg_factor(), weight.sum())
+        weight_sum = weight_sum.clamp(min=1)
+
+        labels = torch.where(positive, t.labels, self.num_classes)
+        loss_cls = self.loss_cls(
+            cls.reshape(-1, self.num_classes), (labels.reshape(-1), score.reshape(-1)), avg_factor=avg_factor
+        )
+        loss_bbox = self.loss_bbox(
+            pred_boxes.reshape(-1, 4), target_boxes.reshape(-1, 4), weight=weight.reshape(-1), avg_factor=weight_sum
+        )
+        corners = bbox2distance(centers, target_boxes, max_dis=self.reg_max, eps=0.1)
+        loss_dfl = self.loss_dfl(
+            box.reshape(-1, bins),
+            corners.reshape(-1),
+            weight=weight[..., None].expand(-1, -1, 4).reshape(-1),
+            avg_factor=4 * weight_sum,
+        )
+        return {"loss_cls": loss_cls, "loss_bbox": loss_bbox, "loss_dfl": loss_dfl}

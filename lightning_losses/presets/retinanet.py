@@ -1,0 +1,191 @@
+"""RetinaNet criterion: max-IoU anchors, focal classification, delta regression."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from lightning_losses.assigners.max_iou import MaxIoUAssigner
+from lightning_losses.boxes.coders import DeltaXYWHCoder
+from lightning_losses.boxes.priors import AnchorGenerator, valid_flags
+from lightning_losses.boxes.targets import pad_targets
+from lightning_losses.losses.base import LossMetric
+from lightning_losses.losses.classification import FocalLoss
+from lightning_losses.losses.regression import L1Loss, SmoothL1Loss
+from lightning_losses.presets.base import DenseCriterion, flatten_levels, gather_boxes, onehot_targets
+
+__all__ = ["RetinaNetCriterion"]
+
+STYLES = ("mmdet", "netspresso")
+
+
+class RetinaNetCriterion(DenseCriterion):
+    r"""RetinaNet's loss terms from per-level head outputs and ground-truth boxes.
+
+    Anchors (``octave_base_scale · 2^{i/3}`` × stride, ratios h/w 0.5, 1, 2, centered on cell corners)
+    are matched by :class:`~lightning_losses.assigners.MaxIoUAssigner` (positive ≥ 0.5, negative < 0.4,
+    ignored between, low-quality matches). Then, with ``style="mmdet"`` (MMDetection's ``RetinaHead``):
+
+    .. math::
+        N = \mathrm{mean}_{\text{ranks}} \textstyle\sum_{\text{img}} \max(n^{pos}_{img}, 1), \quad
+        \mathcal L_{cls} = \frac{1}{N}\sum_{\text{non-ignored}} \mathrm{FL}, \quad
+        \mathcal L_{bbox} = \frac{1}{N}\sum_{pos} \ell(\delta, \mathrm{enc}(a, g))
+
+    with ``DeltaXYWHCoder(means 0, stds 1)`` targets. MMDetection does not average :math:`N` over ranks;
+    this criterion does (one process is unchanged).
+
+    ``style="netspresso"`` is NetsPresso Trainer's ``retinanet_loss`` (torchvision's RetinaNet): focal summed
+    over non-ignored anchors and L1 summed over positives, each divided by that image's
+    :math:`\max(1, n^{pos})`, then averaged over images; in its low-quality step an anchor that attains a
+    box's max IoU is matched to its own best box. Its normaliser is per image, so it is not averaged over
+    ranks. Neither style lets a box that overlaps no anchor turn zero-IoU anchors positive.
+
+    Args:
+        num_classes: ``C``, classes without background.
+        strides: stride per level.
+        octave_base_scale: anchor scale base.
+        scales_per_octave: anchor scales per octave.
+        ratios: anchor height / width ratios.
+        center_offset: anchor center offset within a cell.
+        pos_iou_thr: positive IoU threshold.
+        neg_iou_thr: negative IoU threshold.
+        min_pos_iou: low-quality matching floor.
+        target_means: coder means.
+        target_stds: coder stds.
+        style: ``"mmdet"`` or ``"netspresso"``.
+        loss_cls: classification term (default ``FocalLoss(gamma=2, alpha=0.25)``); receives ``(N, C)``
+            one-hot targets.
+        loss_bbox: box term on deltas (default ``SmoothL1Loss(beta=1.0)``; ``L1Loss`` with netspresso style).
+        max_assign_elements: chunk budget of the assigner.
+
+    Shape:
+        - ``cls_scores[l]``: ``(B, A·C, H_l, W_l)`` (or ``(B, N_l, C)`` already flattened).
+        - ``bbox_preds[l]``: ``(B, A·4, H_l, W_l)`` (or ``(B, N_l, 4)``).
+        - ``targets``: ``B`` dicts ``{"boxes": (M, 4) xyxy, "labels": (M,)}``.
+        - ``priors``: optional ``(P, 4)`` anchors replacing the generated ones.
+        - ``image_size``: optional ``(H, W)`` or per-image ``(B, 2)`` padded shapes; anchors on cells beyond
+          them are ignored.
+
+    Returns:
+        ``{"loss_cls": Tensor, "loss_bbox": Tensor}``.
+
+    Reference: Lin et al., *Focal Loss for Dense Object Detection*, ICCV 2017.
+    """
+
+    terms = ("loss_cls", "loss_bbox")
+
+    def __init__(
+        self,
+        num_classes: int,
+        strides: Sequence[int] = (8, 16, 32, 64, 128),
+        octave_base_scale: float = 4.0,
+        scales_per_octave: int = 3,
+        ratios: Sequence[float] = (0.5, 1.0, 2.0),
+        center_offset: float = 0.0,
+        pos_iou_thr: float = 0.5,
+        neg_iou_thr: float = 0.4,
+        min_pos_iou: float = 0.0,
+        target_means: Sequence[float] = (0.0, 0.0, 0.0, 0.0),
+        target_stds: Sequence[float] = (1.0, 1.0, 1.0, 1.0),
+        style: str = "mmdet",
+        loss_cls: LossMetric | Mapping[str, Any] | None = None,
+        loss_bbox: LossMetric | Mapping[str, Any] | None = None,
+        max_assign_elements: int = 1 << 24,
+    ) -> None:
+        super().__init__(num_classes, strides)
+        if style not in STYLES:
+            raise ValueError(f"`style` must be one of {STYLES}, got {style!r}")
+        self.style = style
+        self.anchor_generator = AnchorGenerator(
+            self.strides,
+            ratios=ratios,
+            octave_base_scale=octave_base_scale,
+            scales_per_octave=scales_per_octave,
+            center_offset=center_offset,
+        )
+        self.assigner = MaxIoUAssigner(
+            pos_iou_thr,
+            neg_iou_thr,
+            min_pos_iou,
+            match_low_quality=True,
+            low_quality_match="best" if style == "netspresso" else "box",
+            max_elements=max_assign_elements,
+        )
+        self.coder = DeltaXYWHCoder(target_means, target_stds)
+        self.loss_cls = self.build_term(loss_cls, FocalLoss(gamma=2.0, alpha=0.25))
+        default_box: LossMetric = L1Loss() if style == "netspresso" else SmoothL1Loss(beta=1.0)
+        self.loss_bbox = self.build_term(loss_bbox, default_box)
+
+    def forward(
+        self,
+        cls_scores: Sequence[Tensor],
+        bbox_preds: Sequence[Tensor],
+        targets: Sequence[Mapping[str, Tensor]],
+        image_size: Sequence[int] | Tensor | None = None,
+        priors: Tensor | None = None,
+    ) -> dict[str, Tensor]:
+        """Return ``loss_cls`` and ``loss_bbox`` for one batch."""
+        self.check_levels(cls_scores=cls_scores, bbox_preds=bbox_preds)
+        cls = flatten_levels(cls_scores, self.num_classes, "cls_scores")
+        box = flatten_levels(bbox_preds, 4, "bbox_preds")
+        batch, num_priors = cls.shape[:2]
+        if box.shape[:2] != (batch, num_priors):
+            raise ValueError(f"`bbox_preds` give {box.shape[1]} priors per image, `cls_scores` {num_priors}")
+        if len(targets) != batch:
+            raise ValueError(f"`targets` has {len(targets)} images, the outputs have {batch}")
+        device = cls.device
+        prior_mask = None
+        if priors is None:
+            sizes = self.featmap_sizes(cls_scores)
+            priors = torch.cat(self.anchor_generator.grid_priors(sizes, device))
+            if image_size is not None:
+                pad_shapes = torch.as_tensor(image_size, device=device).reshape(-1, 2).expand(batch, 2)
+                prior_mask = valid_flags(sizes, self.strides, self.anchor_generator.num_base_priors, pad_shapes)
+        if priors.shape != (num_priors, 4):
+            raise ValueError(f"`priors` must have shape ({num_priors}, 4) for these outputs, got {tuple(priors.shape)}")
+        gts = pad_targets(targets, device)
+        assign = self.assigner.assign(priors.float(), gts, prior_mask)
+
+        positive = assign.positive
+        cls_target = onehot_targets(assign.labels, self.num_classes, cls.dtype)
+        label_weight = (assign.gt_inds >= 0).to(cls.dtype)
+        matched = gather_boxes(gts.boxes, assign.matched)
+        # Negatives get the anchor itself as target, so their (zero-weight) deltas are finite.
+        matched = torch.where(positive[..., None], matched, priors.float())
+        box_target = self.coder.encode(priors.float().expand_as(matched), matched)
+        box_weight = positive[..., None].expand_as(box_target).to(box.dtype)
+        num_pos = positive.sum(dim=1)
+
+        if self.style == "netspresso":
+            per_image = 1.0 / (num_pos.clamp(min=1).to(cls.dtype) * batch)
+            loss_cls = self.loss_cls(
+                cls.reshape(-1, self.num_classes),
+                cls_target.reshape(-1, self.num_classes),
+                weight=(label_weight * per_image[:, None]).reshape(-1),
+                reduction_override="sum",
+            )
+            loss_bbox = self.loss_bbox(
+                box.reshape(-1, 4),
+                box_target.reshape(-1, 4),
+                weight=(box_weight * per_image[:, None, None]).reshape(-1, 4),
+                reduction_override="sum",
+            )
+            return {"loss_cls": loss_cls, "loss_bbox": loss_bbox}
+
+        (avg_factor,) = self.average_over_ranks(num_pos.clamp(min=1).sum())
+        loss_cls = self.loss_cls(
+            cls.reshape(-1, self.num_classes),
+            cls_target.reshape(-1, self.num_classes),
+            weight=label_weight.reshape(-1),
+            avg_factor=avg_factor,
+        )
+        loss_bbox = self.loss_bbox(
+            box.reshape(-1, 4), box_target.reshape(-1, 4), weight=box_weight.reshape(-1, 4), avg_factor=avg_factor
+        )
+        return {"loss_cls": loss_cls, "loss_bbox": loss_bbox}
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, style={self.style!r}"
