@@ -116,6 +116,11 @@ def bbox_overlaps(
                 f"and `boxes2` {tuple(boxes2.shape)}"
             )
     else:
+        if boxes1.ndim < 2 or boxes2.ndim < 2:
+            raise ValueError(
+                f"pairwise overlaps need box sets of shape (..., N, 4), got `boxes1` {tuple(boxes1.shape)} "
+                f"and `boxes2` {tuple(boxes2.shape)}"
+            )
         boxes1, boxes2 = boxes1.unsqueeze(-2), boxes2.unsqueeze(-3)
     overlap, area1, area2, enclose_wh = _geometry(boxes1, boxes2)
     union = area1 if mode == "iof" else area1 + area2 - overlap
@@ -270,7 +275,8 @@ def ciou_loss(
     Follows MMDetection: :math:`\alpha = [\mathrm{IoU} > 0.5]\, v / (1 - \mathrm{IoU} + v)` without
     gradient, ``eps`` added to both heights inside :math:`v`, to the union and to :math:`c^2`, and the
     CIoU clamped to ``[-1, 1]``. torchvision's ``complete_box_iou_loss`` does not gate :math:`\alpha`
-    on IoU > 0.5, adds eps to its denominator instead and does not clamp.
+    on IoU > 0.5, adds eps to its denominator instead and does not clamp. Unlike MMDetection, the
+    denominator of :math:`\alpha` is clamped to ``eps``: for a perfect float32 prediction it is 0/0 there.
 
     Args:
         pred: predicted boxes ``(N, 4)`` xyxy.
@@ -291,6 +297,8 @@ def ciou_loss(
     ious, penalty = _distance_iou(pred, target, eps)
     v = _aspect_term(_upcast(pred), _upcast(target), eps)
     with torch.no_grad():
-        alpha = (ious > 0.5).to(v.dtype) * v / (1 - ious + v)
+        # MMDetection divides by 1 - IoU + v, which is 0/0 for a perfect float32 prediction (IoU rounds
+        # to 1, v = 0): clamping keeps alpha = 0 there instead of NaN.
+        alpha = (ious > 0.5).to(v.dtype) * v / (1 - ious + v).clamp(min=eps)
     cious = ious - (penalty + alpha * v)
     return weight_reduce_loss(1 - cious.clamp(min=-1.0, max=1.0), weight, reduction, avg_factor)

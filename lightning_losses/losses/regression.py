@@ -18,11 +18,19 @@ class _RegressionLoss(LossMetric):
             check_finite(target, "target")
 
 
+def _row_weight(pred: Tensor, weight: Tensor | None) -> Tensor | None:
+    """A per-row weight ``(N,)`` for ``pred`` ``(N, 4)`` broadcasts over the last axis."""
+    if weight is not None and weight.dim() + 1 == pred.dim():
+        return weight.unsqueeze(-1)
+    return weight
+
+
 class L1Loss(_RegressionLoss):
     r"""L1 loss :math:`\ell = |x - y|`.
 
     With a ``weight`` that has no positive entry the result is ``(pred * weight).sum()``, a zero that
-    keeps ``pred`` in the graph, without ``loss_weight`` (MMDetection's shortcut).
+    keeps ``pred`` in the graph, without ``loss_weight`` (MMDetection's shortcut). A per-row ``(N,)``
+    weight for ``(N, k)`` predictions broadcasts over the last axis.
 
     Args:
         reduction: ``"none"``, ``"mean"`` or ``"sum"``.
@@ -49,7 +57,7 @@ class L1Loss(_RegressionLoss):
         reduction: str,
     ) -> Tensor:
         self._check(pred, target)
-        loss = self.loss_weight * l1_loss(pred, target, weight, reduction, avg_factor)
+        loss = self.loss_weight * l1_loss(pred, target, _row_weight(pred, weight), reduction, avg_factor)
         return zero_weight_shortcut(loss, pred, weight)
 
 
@@ -95,7 +103,9 @@ class SmoothL1Loss(_RegressionLoss):
         reduction: str,
     ) -> Tensor:
         self._check(pred, target)
-        loss = self.loss_weight * smooth_l1_loss(pred, target, weight, self.beta, reduction, avg_factor)
+        loss = self.loss_weight * smooth_l1_loss(
+            pred, target, _row_weight(pred, weight), self.beta, reduction, avg_factor
+        )
         return zero_weight_shortcut(loss, pred, weight)
 
     def extra_repr(self) -> str:

@@ -1,0 +1,126 @@
+"""weight_reduce_loss / reduce_loss: the one reduction rule (MMDetection 3.x models/losses/utils.py, notes 0.1)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from lightning_losses.functional import reduce_loss, weight_reduce_loss
+
+EPS32 = torch.finfo(torch.float32).eps  # 1.1920929e-07, MMDetection's avg_factor guard
+
+
+@pytest.mark.parametrize(
+    ("reduction", "expected"),
+    [("none", [1.0, 2.0, 6.0]), ("mean", 3.0), ("sum", 9.0)],
+)
+def test_reduce_loss_by_hand(reduction, expected):
+    """Hand-worked: [1, 2, 6] → itself, mean 3, sum 9."""
+    out = reduce_loss(torch.tensor([1.0, 2.0, 6.0]), reduction)
+    torch.testing.assert_close(out, torch.tensor(expected))
+
+
+def test_reduce_loss_none_returns_the_input_unchanged():
+    """reduction='none' is the identity (same tensor, same shape)."""
+    loss = torch.rand(2, 3)
+    assert reduce_loss(loss, "none") is loss
+
+
+@pytest.mark.parametrize("function", [reduce_loss, weight_reduce_loss])
+def test_invalid_reduction_raises(function):
+    """An unknown reduction is a ValueError that names the argument."""
+    with pytest.raises(ValueError, match="reduction"):
+        function(torch.ones(3), reduction="max")
+
+
+@pytest.mark.parametrize("avg_factor", [None, 4.0])
+def test_mean_of_empty_is_zero_with_graph(avg_factor):
+    """Design choice (not MMDetection, where mean of nothing is NaN): an empty mean is 0 and keeps the graph."""
+    x = torch.zeros(0, 4, requires_grad=True)
+    out = weight_reduce_loss(x * 2, reduction="mean", avg_factor=avg_factor)
+    assert out.shape == ()
+    assert out.item() == 0.0
+    assert out.requires_grad
+    out.backward()
+    assert x.grad is not None
+    assert x.grad.shape == (0, 4)
+    assert reduce_loss(torch.zeros(0), "mean").item() == 0.0
+
+
+@pytest.mark.parametrize(
+    ("reduction", "expected"),
+    [("none", [[1.0, 2.0], [6.0, 8.0]]), ("mean", 17.0 / 4), ("sum", 17.0)],
+)
+def test_weight_multiplies_elementwise_with_broadcast(reduction, expected):
+    """Hand-worked: loss [[1,2],[3,4]] × weight (2,1) [[1],[2]] = [[1,2],[6,8]]; mean divides by numel 4."""
+    loss = torch.tensor([[1.0, 2.0], [3.0, 4.0]])
+    out = weight_reduce_loss(loss, torch.tensor([[1.0], [2.0]]), reduction)
+    torch.testing.assert_close(out, torch.tensor(expected))
+
+
+def test_mean_divides_by_element_count_not_weight_sum():
+    """MMDetection's rule: mean = Σ w·l / n, with n = numel (here 1.3333 not 2)."""
+    out = weight_reduce_loss(torch.tensor([1.0, 2.0, 3.0]), torch.tensor([1.0, 0.0, 1.0]), "mean")
+    torch.testing.assert_close(out, torch.tensor(4.0 / 3.0))
+
+
+@pytest.mark.parametrize("as_tensor", [False, True])
+@pytest.mark.parametrize("avg_factor", [0.0, 2.0, 7.5])
+def test_avg_factor_divides_sum_by_avg_factor_plus_eps32(avg_factor, as_tensor):
+    """MMDetection: mean with avg_factor = Σ w·l / (avg_factor + float32 eps); avg_factor 0 → Σ / 2⁻²³."""
+    loss = torch.tensor([0.25, 0.75, 1.0], dtype=torch.float64)
+    weight = torch.tensor([2.0, 1.0, 0.5], dtype=torch.float64)
+    factor = torch.tensor(avg_factor, dtype=torch.float64) if as_tensor else avg_factor
+    out = weight_reduce_loss(loss, weight, "mean", factor)
+    expected = (0.5 + 0.75 + 0.5) / (avg_factor + 1.1920928955078125e-07)
+    assert math.isclose(float(out), expected, rel_tol=1e-12)
+
+
+def test_avg_factor_zero_is_sum_over_eps32_exactly():
+    """Hand-worked in float32: Σ = 1, avg_factor 0 → 1 / 2⁻²³ = 8388608 (an eps added, not a max(., eps))."""
+    out = weight_reduce_loss(torch.tensor([0.5, 0.5]), reduction="mean", avg_factor=0)
+    assert out.item() == 2.0**23
+
+
+def test_avg_factor_tensor_keeps_graph_to_loss():
+    """A tensor avg_factor keeps the loss differentiable: d/dl (Σ l / (a + eps)) = 1 / (a + eps)."""
+    loss = torch.tensor([1.0, 2.0], dtype=torch.float64, requires_grad=True)
+    out = weight_reduce_loss(loss, reduction="mean", avg_factor=torch.tensor(3.0, dtype=torch.float64))
+    out.backward()
+    torch.testing.assert_close(loss.grad, torch.full((2,), 1 / (3.0 + EPS32), dtype=torch.float64))
+
+
+def test_avg_factor_with_none_returns_weighted_elementwise_loss():
+    """MMDetection: reduction='none' ignores avg_factor and returns loss × weight."""
+    loss = torch.tensor([1.0, 2.0])
+    out = weight_reduce_loss(loss, torch.tensor([3.0, 0.5]), "none", avg_factor=10.0)
+    torch.testing.assert_close(out, torch.tensor([3.0, 1.0]))
+
+
+@pytest.mark.parametrize("avg_factor", [1.0, torch.tensor(1.0)])
+def test_avg_factor_with_sum_raises(avg_factor):
+    """MMDetection raises ValueError for avg_factor with reduction='sum'."""
+    with pytest.raises(ValueError, match="sum"):
+        weight_reduce_loss(torch.ones(3), reduction="sum", avg_factor=avg_factor)
+
+
+@pytest.mark.parametrize("avg_factor", [-1.0, -1e-9, float("nan"), float("inf"), -float("inf")])
+def test_invalid_avg_factor_value_raises(avg_factor):
+    """Boundary check: a negative, NaN or infinite avg_factor is a ValueError naming the argument."""
+    with pytest.raises(ValueError, match="avg_factor"):
+        weight_reduce_loss(torch.ones(3), reduction="mean", avg_factor=avg_factor)
+
+
+def test_non_scalar_tensor_avg_factor_raises():
+    """A tensor avg_factor must hold one element; the message names its shape."""
+    with pytest.raises(ValueError, match=r"avg_factor.*\(2,\)"):
+        weight_reduce_loss(torch.ones(3), reduction="mean", avg_factor=torch.ones(2))
+
+
+@pytest.mark.parametrize("avg_factor", [True, "2", [2.0]])
+def test_avg_factor_of_wrong_type_raises(avg_factor):
+    """avg_factor is a number or a scalar tensor (bool is not a number here)."""
+    with pytest.raises(TypeError, match="avg_factor"):
+        weight_reduce_loss(torch.ones(3), reduction="mean", avg_factor=avg_factor)
