@@ -1,0 +1,210 @@
+"""YOLOX criterion: SimOTA assignment, IoU / objectness / class / L1 terms."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from lightning_losses.assigners.simota import SimOTAAssigner
+from lightning_losses.boxes.priors import PointGenerator
+from lightning_losses.boxes.targets import pad_targets
+from lightning_losses.losses.base import LossMetric
+from lightning_losses.losses.classification import CrossEntropyLoss
+from lightning_losses.losses.iou import IoULoss
+from lightning_losses.losses.regression import L1Loss
+from lightning_losses.presets.base import DenseCriterion, gather_boxes, onehot_targets
+
+__all__ = ["YOLOXCriterion"]
+
+YOLOXOutputs = Sequence[Tensor] | Sequence[Sequence[Tensor]]
+
+
+class YOLOXCriterion(DenseCriterion):
+    r"""YOLOX's loss terms with SimOTA assignment, equal to NetsPresso Trainer's ``yolox_loss``.
+
+    Per level, raw maps are decoded with the cell grid: center :math:`(t_{xy} + g)\,s`, size
+    :math:`e^{t_{wh}} s`. :class:`~lightning_losses.assigners.SimOTAAssigner` picks the positives
+    (detached predictions). With :math:`n = \max(\mathrm{mean}_{ranks}\,\#pos, 1)`:
+
+    .. math::
+        \mathcal L_{bbox} = \tfrac5n \textstyle\sum_{pos} (1 - \mathrm{IoU}^2), \quad
+        \mathcal L_{obj} = \tfrac1n \textstyle\sum_{all} \mathrm{BCE}(o, [pos]), \quad
+        \mathcal L_{cls} = \tfrac1n \textstyle\sum_{pos,c} \mathrm{BCE}(x_c, [c = y]\,\mathrm{IoU}), \quad
+        \mathcal L_{l1} = \tfrac1n \textstyle\sum_{pos} |t - \mathrm{enc}(b)|
+
+    with :math:`\mathrm{enc}(b) = (b_{cx}/s - g_x,\ b_{cy}/s - g_y,\ \log(b_w/s + 10^{-8}),\ \log(b_h/s + 10^{-8}))`.
+    ``loss_l1`` is 0 before ``l1_activate_epoch`` (1-based, set by :meth:`set_epoch`; the Lightning mixin
+    passes ``current_epoch + 1``) and on from it; with no epoch set it is on, as in NetsPresso.
+    NetsPresso's total is ``5·iou + obj + cls + l1``: here the 5 is ``loss_bbox``'s ``loss_weight``.
+
+    ``style="mmdet"`` gives MMDetection 3.x's YOLOX-S semantics (its SimOTA candidates and cost, see
+    :class:`~lightning_losses.assigners.SimOTAAssigner`); there ``l1_activate_epoch = max_epochs - 15``.
+
+    Args:
+        num_classes: ``C``.
+        strides: stride per level; ``None`` derives ``image_size[-1] // W_l`` (NetsPresso's rule).
+        style: ``"netspresso"`` or ``"mmdet"``.
+        l1_activate_epoch: first (1-based) epoch with the L1 term.
+        loss_bbox: default ``IoULoss(mode="square", eps=1e-16, loss_weight=5.0)``.
+        loss_obj: default ``CrossEntropyLoss(use_sigmoid=True)``.
+        loss_cls: default ``CrossEntropyLoss(use_sigmoid=True)``; receives ``(N, C)`` one-hot × IoU targets.
+        loss_l1: default ``L1Loss()``.
+        max_assign_elements: memory budget of the assigner.
+
+    Shape:
+        ``outputs``: per level either one raw map ``(B, 5 + C, H_l, W_l)`` laid out
+        ``[tx, ty, tw, th, obj, cls_0 … cls_{C-1}]`` (NetsPresso, official YOLOX) or a triple
+        ``(cls (B, C, H, W), bbox (B, 4, H, W), obj (B, 1, H, W))`` (MMDetection's ``YOLOXHead``).
+
+    Reference: Ge et al., *YOLOX: Exceeding YOLO Series in 2021*, arXiv:2107.08430.
+    """
+
+    terms = ("loss_bbox", "loss_obj", "loss_cls", "loss_l1")
+
+    def __init__(
+        self,
+        num_classes: int,
+        strides: Sequence[int] | None = (8, 16, 32),
+        style: str = "netspresso",
+        l1_activate_epoch: int = 1,
+        loss_bbox: LossMetric | Mapping[str, Any] | None = None,
+        loss_obj: LossMetric | Mapping[str, Any] | None = None,
+        loss_cls: LossMetric | Mapping[str, Any] | None = None,
+        loss_l1: LossMetric | Mapping[str, Any] | None = None,
+        max_assign_elements: int = 1 << 24,
+    ) -> None:
+        super().__init__(num_classes, strides if strides is not None else (1,))
+        self.derive_strides = strides is None
+        self.style = style
+        self.assigner = SimOTAAssigner(style=style, max_elements=max_assign_elements)
+        self.l1_activate_epoch = int(l1_activate_epoch)
+        self.epoch: int | None = None
+        self.loss_bbox = self.build_term(loss_bbox, IoULoss(mode="square", eps=1e-16, loss_weight=5.0))
+        self.loss_obj = self.build_term(loss_obj, CrossEntropyLoss(use_sigmoid=True))
+        self.loss_cls = self.build_term(loss_cls, CrossEntropyLoss(use_sigmoid=True))
+        self.loss_l1 = self.build_term(loss_l1, L1Loss())
+
+    def set_epoch(self, epoch: int | None) -> None:
+        """Tell the criterion the current 1-based epoch (``None``: unknown, L1 on)."""
+        self.epoch = epoch
+
+    @property
+    def use_l1(self) -> bool:
+        return self.epoch is None or self.epoch >= self.l1_activate_epoch
+
+    def _split(self, outputs: YOLOXOutputs) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
+        """Per-level ``(B, H·W, 4)`` raw boxes, ``(B, H·W)`` objectness and ``(B, H·W, C)`` class logits."""
+        if not isinstance(outputs, (list, tuple)) or not outputs:
+            raise TypeError("`outputs` must be a non-empty list with one entry per level")
+        boxes, objs, clss = [], [], []
+        for level, out in enumerate(outputs):
+            if isinstance(out, Tensor):
+                if out.ndim != 4 or out.shape[1] != 5 + self.num_classes:
+                    raise ValueError(
+                        f"`outputs[{level}]` must be (B, 5 + {self.num_classes}, H, W), got {tuple(out.shape)}"
+                    )
+                flat = out.permute(0, 2, 3, 1).reshape(out.shape[0], -1, out.shape[1])
+                boxes.append(flat[..., :4])
+                objs.append(flat[..., 4])
+                clss.append(flat[..., 5:])
+            elif isinstance(out, (list, tuple)) and len(out) == 3:
+                cls, box, obj = out
+                expected = [("cls", cls, self.num_classes), ("bbox", box, 4), ("obj", obj, 1)]
+                for name, m, ch in expected:
+                    if not isinstance(m, Tensor) or m.ndim != 4 or m.shape[1] != ch:
+                        shape = tuple(m.shape) if isinstance(m, Tensor) else type(m).__name__
+                        raise ValueError(f"`outputs[{level}]` {name} map must be (B, {ch}, H, W), got {shape}")
+                batch = cls.shape[0]
+                clss.append(cls.permute(0, 2, 3, 1).reshape(batch, -1, self.num_classes))
+                boxes.append(box.permute(0, 2, 3, 1).reshape(batch, -1, 4))
+                objs.append(obj.permute(0, 2, 3, 1).reshape(batch, -1))
+            else:
+                raise TypeError(f"`outputs[{level}]` must be a fused map or a (cls, bbox, obj) triple")
+        return boxes, objs, clss
+
+    def _level_strides(self, outputs: YOLOXOutputs, image_size: Sequence[int] | Tensor | None) -> list[int]:
+        widths = [int((o if isinstance(o, Tensor) else o[0]).shape[-1]) for o in outputs]
+        if not self.derive_strides:
+            if len(widths) != len(self.strides):
+                raise ValueError(f"`outputs` has {len(widths)} levels for {len(self.strides)} strides {self.strides}")
+            return list(self.strides)
+        if image_size is None:
+            raise ValueError("`image_size` is needed when the criterion was built with strides=None")
+        width = int(torch.as_tensor(image_size).reshape(-1)[-1])
+        return [width // w for w in widths]
+
+    def forward(
+        self,
+        outputs: YOLOXOutputs,
+        targets: Sequence[Mapping[str, Tensor]],
+        image_size: Sequence[int] | Tensor | None = None,
+    ) -> dict[str, Tensor]:
+        """Return ``loss_bbox``, ``loss_obj``, ``loss_cls`` and ``loss_l1`` for one batch."""
+        strides = self._level_strides(outputs, image_size)
+        raw_boxes, objs, clss = self._split(outputs)
+        raw = torch.cat(raw_boxes, dim=1)
+        obj = torch.cat(objs, dim=1)
+        cls = torch.cat(clss, dim=1)
+        batch = obj.shape[0]
+        if len(targets) != batch:
+            raise ValueError(f"`targets` has {len(targets)} images, the outputs have {batch}")
+        device = raw.device
+        sizes = [(int(m.shape[-2]), int(m.shape[-1])) for m in (o if isinstance(o, Tensor) else o[0] for o in outputs)]
+        grids = torch.cat(PointGenerator(strides, offset=0.0).grid_priors(sizes, device))  # (x·s, y·s)
+        counts = torch.tensor([h * w for h, w in sizes], device=device)
+        stride = torch.repeat_interleave(torch.tensor(strides, device=device, dtype=torch.float32), counts)
+        grid = grids / stride[:, None]
+
+        center = (raw[..., :2] + grid) * stride[:, None]
+        size = raw[..., 2:].exp() * stride[:, None]
+        pred_boxes = torch.cat([center - size / 2, center + size / 2], dim=-1)
+
+        gts = pad_targets(targets, device)
+        assign = self.assigner.assign(
+            pred_boxes.detach(), cls.detach(), obj.detach(), grids + stride[:, None] / 2, stride, gts
+        )
+        positive = assign.positive
+        (num_pos,) = self.average_over_ranks(positive.sum())
+        num_pos = num_pos.clamp(min=1.0)
+
+        matched = gather_boxes(gts.boxes, assign.matched)
+        matched = torch.where(positive[..., None], matched, pred_boxes.detach())
+        pos_weight = positive.to(raw.dtype)
+        loss_bbox = self.loss_bbox(
+            pred_boxes.reshape(-1, 4), matched.reshape(-1, 4), weight=pos_weight.reshape(-1), avg_factor=num_pos
+        )
+        loss_obj = self.loss_obj(obj.reshape(-1), pos_weight.reshape(-1).to(obj.dtype), avg_factor=num_pos)
+        cls_target = onehot_targets(assign.labels, self.num_classes, cls.dtype) * assign.max_overlaps[..., None]
+        loss_cls = self.loss_cls(
+            cls.reshape(-1, self.num_classes),
+            cls_target.reshape(-1, self.num_classes).to(cls.dtype),
+            weight=pos_weight.reshape(-1, 1),
+            avg_factor=num_pos,
+        )
+        if self.use_l1:
+            gt_center = (matched[..., :2] + matched[..., 2:]) / 2
+            gt_size = matched[..., 2:] - matched[..., :2]
+            l1_target = torch.cat(
+                [gt_center / stride[:, None] - grid, torch.log(gt_size / stride[:, None] + 1e-8)], dim=-1
+            )
+            l1_target = torch.where(positive[..., None], l1_target, raw.detach())
+            loss_l1 = self.loss_l1(
+                raw.reshape(-1, 4),
+                l1_target.reshape(-1, 4),
+                weight=pos_weight[..., None].expand(-1, -1, 4).reshape(-1, 4),
+                avg_factor=num_pos,
+            )
+        else:
+            loss_l1 = raw.abs().sum() * 0
+            self.loss_l1.track(loss_l1)
+        return {"loss_bbox": loss_bbox, "loss_obj": loss_obj, "loss_cls": loss_cls, "loss_l1": loss_l1}
+
+    def extra_repr(self) -> str:
+        strides = "derived" if self.derive_strides else self.strides
+        return (
+            f"num_classes={self.num_classes}, strides={strides}, style={self.style!r}, "
+            f"l1_activate_epoch={self.l1_activate_epoch}"
+        )
