@@ -8,6 +8,7 @@ Pure functions live in :mod:`lightning_losses.functional`.
 from lightning_losses import functional
 from lightning_losses.losses import (
     BalancedL1Loss,
+    BoundaryLoss,
     CIoULoss,
     CrossEntropyLoss,
     DIoULoss,
@@ -18,11 +19,19 @@ from lightning_losses.losses import (
     L1Loss,
     LossMetric,
     MSELoss,
+    OhemCrossEntropyLoss,
     QualityFocalLoss,
     SigmoidFocalLoss,
     SmoothL1Loss,
 )
-from lightning_losses.presets import ATSSCriterion, FCOSCriterion, GFLCriterion, RetinaNetCriterion
+from lightning_losses.presets import (
+    ATSSCriterion,
+    FCOSCriterion,
+    GFLCriterion,
+    PIDNetCriterion,
+    RetinaNetCriterion,
+    YOLOXCriterion,
+)
 from lightning_losses.registry import LOSSES, build_loss, list_losses
 
 __version__ = "0.1.0"
@@ -31,6 +40,7 @@ __all__ = [
     "LOSSES",
     "ATSSCriterion",
     "BalancedL1Loss",
+    "BoundaryLoss",
     "CIoULoss",
     "CrossEntropyLoss",
     "DIoULoss",
@@ -43,10 +53,13 @@ __all__ = [
     "L1Loss",
     "LossMetric",
     "MSELoss",
+    "OhemCrossEntropyLoss",
+    "PIDNetCriterion",
     "QualityFocalLoss",
     "RetinaNetCriterion",
     "SigmoidFocalLoss",
     "SmoothL1Loss",
+    "YOLOXCriterion",
     "build_loss",
     "functional",
     "list_losses",

@@ -19,6 +19,7 @@ from typing import Any
 
 from lightning_losses.losses import (
     BalancedL1Loss,
+    BoundaryLoss,
     CIoULoss,
     CrossEntropyLoss,
     DIoULoss,
@@ -29,6 +30,7 @@ from lightning_losses.losses import (
     L1Loss,
     LossMetric,
     MSELoss,
+    OhemCrossEntropyLoss,
     QualityFocalLoss,
     SigmoidFocalLoss,
     SmoothL1Loss,
@@ -40,6 +42,7 @@ LOSSES: dict[str, Callable[..., LossMetric]] = {
     cls.__name__: cls
     for cls in (
         BalancedL1Loss,
+        BoundaryLoss,
         CIoULoss,
         CrossEntropyLoss,
         DIoULoss,
@@ -49,6 +52,7 @@ LOSSES: dict[str, Callable[..., LossMetric]] = {
         IoULoss,
         L1Loss,
         MSELoss,
+        OhemCrossEntropyLoss,
         QualityFocalLoss,
         SigmoidFocalLoss,
         SmoothL1Loss,

@@ -10,9 +10,11 @@ from lightning_losses.losses.classification import (
 )
 from lightning_losses.losses.iou import CIoULoss, DIoULoss, GIoULoss, IoULoss
 from lightning_losses.losses.regression import BalancedL1Loss, L1Loss, MSELoss, SmoothL1Loss
+from lightning_losses.losses.segmentation import BoundaryLoss, OhemCrossEntropyLoss
 
 __all__ = [
     "BalancedL1Loss",
+    "BoundaryLoss",
     "CIoULoss",
     "CrossEntropyLoss",
     "DIoULoss",
@@ -23,6 +25,7 @@ __all__ = [
     "L1Loss",
     "LossMetric",
     "MSELoss",
+    "OhemCrossEntropyLoss",
     "QualityFocalLoss",
     "SigmoidFocalLoss",
     "SmoothL1Loss",

@@ -4,6 +4,16 @@ from lightning_losses.presets.atss import ATSSCriterion
 from lightning_losses.presets.base import DenseCriterion
 from lightning_losses.presets.fcos import FCOSCriterion
 from lightning_losses.presets.gfl import GFLCriterion
+from lightning_losses.presets.pidnet import PIDNetCriterion
 from lightning_losses.presets.retinanet import RetinaNetCriterion
+from lightning_losses.presets.yolox import YOLOXCriterion
 
-__all__ = ["ATSSCriterion", "DenseCriterion", "FCOSCriterion", "GFLCriterion", "RetinaNetCriterion"]
+__all__ = [
+    "ATSSCriterion",
+    "DenseCriterion",
+    "FCOSCriterion",
+    "GFLCriterion",
+    "PIDNetCriterion",
+    "RetinaNetCriterion",
+    "YOLOXCriterion",
+]

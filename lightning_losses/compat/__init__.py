@@ -1,0 +1,1 @@
+"""Adapters for the seeds' frameworks: NetsPresso Trainer's ``model.losses`` lists."""
