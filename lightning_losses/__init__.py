@@ -6,6 +6,7 @@ Pure functions live in :mod:`lightning_losses.functional`.
 """
 
 from lightning_losses import functional
+from lightning_losses.lightning import DetectionLossModule
 from lightning_losses.losses import (
     BalancedL1Loss,
     BoundaryLoss,
@@ -44,6 +45,7 @@ __all__ = [
     "CIoULoss",
     "CrossEntropyLoss",
     "DIoULoss",
+    "DetectionLossModule",
     "DistributionFocalLoss",
     "FCOSCriterion",
     "FocalLoss",

@@ -10,12 +10,13 @@ import torch
 from torch import Tensor, nn
 from torchmetrics import Metric
 
+from lightning_losses.config import RecordsInit
 from lightning_losses.functional.reduction import check_reduction
 
 __all__ = ["LossMetric", "zero_weight_shortcut"]
 
 
-class LossMetric(Metric):
+class LossMetric(RecordsInit, Metric):
     """Base class of every loss module: a differentiable loss and a DDP-exact running mean of it.
 
     ``forward(pred, target, weight=None, avg_factor=None, reduction_override=None)`` returns

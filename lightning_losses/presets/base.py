@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from lightning_losses.config import RecordsInit
 from lightning_losses.distributed import reduce_mean
 from lightning_losses.losses.base import LossMetric
 from lightning_losses.registry import build_loss
@@ -53,7 +54,7 @@ def gather_boxes(boxes: Tensor, index: Tensor) -> Tensor:
     return boxes.gather(1, index.unsqueeze(-1).expand(-1, -1, 4))
 
 
-class DenseCriterion(nn.Module):
+class DenseCriterion(RecordsInit, nn.Module):
     """Base of the dense-detector criteria.
 
     Subclasses declare their loss terms as ``LossMetric`` children named after the terms, take per-level

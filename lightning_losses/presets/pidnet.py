@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lightning_losses.config import RecordsInit
 from lightning_losses.functional.segmentation import boundary_from_mask
 from lightning_losses.losses.base import LossMetric
 from lightning_losses.losses.classification import CrossEntropyLoss
@@ -18,7 +19,7 @@ from lightning_losses.registry import build_loss
 __all__ = ["PIDNetCriterion"]
 
 
-class PIDNetCriterion(nn.Module):
+class PIDNetCriterion(RecordsInit, nn.Module):
     r"""PIDNet's four loss terms from its three heads.
 
     Every logit map is resized bilinearly (``align_corners=True``) to the target size, then
