@@ -41,8 +41,14 @@ class ATSSAssigner:
         self.topk = int(topk)
         self.max_elements = int(max_elements)
 
-    def _candidates(self, prior_centers: Tensor, gt_centers: Tensor, num_level_priors: Sequence[int]) -> Tensor:
-        """``(B, K, G)`` indices of the closest priors of every level, for every box."""
+    def _candidates(
+        self,
+        prior_centers: Tensor,
+        gt_centers: Tensor,
+        num_level_priors: Sequence[int],
+        prior_mask: Tensor | None,
+    ) -> Tensor:
+        """``(B, K, G)`` indices of the closest priors of every level, for every box (invalid priors last)."""
         batch, num_gts = gt_centers.shape[:2]
         out = []
         start = 0
@@ -55,14 +61,27 @@ class ATSSAssigner:
             for g0 in range(0, num_gts, step):
                 diff = gt_centers[:, None, g0 : g0 + step, :] - centers[None, :, None, :]
                 distances = diff.pow(2).sum(-1).sqrt()  # (B, n_l, g)
+                if prior_mask is not None:
+                    distances = distances.masked_fill(~prior_mask[:, start:stop, None], float("inf"))
                 level.append(distances.topk(k, dim=1, largest=False).indices + start)
             out.append(torch.cat(level, dim=2))
             start = stop
         return torch.cat(out, dim=1)
 
     @torch.no_grad()
-    def assign(self, priors: Tensor, num_level_priors: Sequence[int], gts: PaddedTargets) -> AssignResult:
-        """Assign ``(P, 4)`` priors (levels concatenated, ``num_level_priors`` each) to padded boxes."""
+    def assign(
+        self,
+        priors: Tensor,
+        num_level_priors: Sequence[int],
+        gts: PaddedTargets,
+        prior_mask: Tensor | None = None,
+    ) -> AssignResult:
+        """Assign ``(P, 4)`` priors (levels concatenated, ``num_level_priors`` each) to padded boxes.
+
+        ``prior_mask`` ``(B, P)`` marks each image's valid priors (MMDetection's valid flags): the others
+        are neither candidates nor positive, and a level's ``k`` is capped by its valid count.
+        """
+        priors = priors.float()
         batch, num_gts = gts.mask.shape
         num_priors = priors.shape[0]
         device = priors.device
@@ -73,16 +92,26 @@ class ATSSAssigner:
             return AssignResult(zeros, priors.new_zeros(batch, num_priors), zeros - 1)
         prior_centers = (priors[:, :2] + priors[:, 2:]) / 2
         gt_centers = (gts.boxes[..., :2] + gts.boxes[..., 2:]) / 2
-        cand = self._candidates(prior_centers, gt_centers, num_level_priors)  # (B, K, G)
+        cand = self._candidates(prior_centers, gt_centers, num_level_priors, prior_mask)  # (B, K, G)
         cand_boxes = priors[cand]  # (B, K, G, 4)
         gt_boxes = gts.boxes[:, None].expand_as(cand_boxes)
         cand_ious = bbox_overlaps(cand_boxes, gt_boxes, is_aligned=True)  # (B, K, G)
-        threshold = cand_ious.mean(dim=1, keepdim=True) + cand_ious.std(dim=1, keepdim=True)
+        if prior_mask is None:
+            cand_valid = None
+            threshold = cand_ious.mean(dim=1, keepdim=True) + cand_ious.std(dim=1, keepdim=True)
+        else:
+            cand_valid = prior_mask.gather(1, cand.reshape(batch, -1)).reshape(cand.shape)
+            count = cand_valid.sum(dim=1, keepdim=True)
+            mean = (cand_ious * cand_valid).sum(dim=1, keepdim=True) / count
+            var = ((cand_ious - mean).pow(2) * cand_valid).sum(dim=1, keepdim=True) / (count - 1)
+            threshold = mean + var.sqrt()
         cx, cy = prior_centers[cand, 0], prior_centers[cand, 1]
         margin = torch.stack(
             [cx - gt_boxes[..., 0], cy - gt_boxes[..., 1], gt_boxes[..., 2] - cx, gt_boxes[..., 3] - cy]
         ).amin(dim=0)
         is_pos = (cand_ious >= threshold) & (margin > 0.01) & gts.mask[:, None, :]
+        if cand_valid is not None:
+            is_pos &= cand_valid
 
         # A prior positive for several boxes keeps the highest IoU, then the lowest box index.
         flat = cand.reshape(batch, -1)

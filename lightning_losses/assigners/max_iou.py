@@ -84,6 +84,7 @@ class MaxIoUAssigner:
             prior_mask: optional ``(B, P)`` bool of valid priors; the others are ignored (``gt_inds = -1``)
                 and take no part in the matching.
         """
+        priors = priors.float()  # IoUs are float32; half-precision states would round thresholds
         batch, num_gts = gts.mask.shape
         num_priors = priors.shape[0]
         device = priors.device

@@ -52,6 +52,7 @@ class PointAssigner:
         """
         if len(self.regress_ranges) < len(strides):
             raise ValueError(f"{len(self.regress_ranges)} regress ranges for {len(strides)} levels")
+        points = points.float()  # half-precision areas overflow past 65504 px²
         batch, num_gts = gts.mask.shape
         num_points = points.shape[0]
         ranges = points.new_tensor(self.regress_ranges)[levels]

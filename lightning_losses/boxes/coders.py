@@ -72,7 +72,9 @@ class DeltaXYWHCoder:
         return (deltas - means) / stds
 
     def decode(self, boxes: Tensor, deltas: Tensor) -> Tensor:
-        """Boxes ``(..., 4)`` xyxy obtained by applying ``deltas`` to ``boxes``."""
+        """Boxes ``(..., 4)`` xyxy obtained by applying ``deltas`` to ``boxes`` (float32 for half-precision deltas)."""
+        if deltas.dtype in (torch.float16, torch.bfloat16):
+            deltas = deltas.float()
         deltas = deltas * deltas.new_tensor(self.stds) + deltas.new_tensor(self.means)
         boxes = boxes.to(deltas.dtype)
         pxy = (boxes[..., :2] + boxes[..., 2:]) * 0.5

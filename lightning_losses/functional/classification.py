@@ -11,7 +11,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from lightning_losses.functional._checks import check_floating, check_ndim, check_same_shape, check_tensor
+from lightning_losses.functional._checks import (
+    check_floating,
+    check_ndim,
+    check_same_shape,
+    check_tensor,
+    check_weight,
+)
 from lightning_losses.functional.reduction import weight_reduce_loss
 
 __all__ = [
@@ -125,6 +131,8 @@ def cross_entropy(
     if not 0.0 <= label_smoothing <= 1.0:
         raise ValueError(f"`label_smoothing` must lie in [0, 1], got {label_smoothing}")
     ignore_index = _DEFAULT_IGNORE if ignore_index is None else ignore_index
+    if not soft:
+        target = target.long()  # F.cross_entropy takes int64 class indices only
     if class_weight is not None:
         class_weight = class_weight.to(device=pred.device, dtype=pred.dtype)
     loss = F.cross_entropy(
@@ -139,6 +147,7 @@ def cross_entropy(
         avg_factor = (target != ignore_index).sum()
     if weight is not None:
         weight = weight.to(loss.dtype)
+    check_weight(weight, loss.shape)
     return weight_reduce_loss(loss, weight, reduction, avg_factor)
 
 
@@ -195,14 +204,16 @@ def binary_cross_entropy(
             weight = _expand_sample_weight(weight, pred)
     else:
         check_same_shape(pred, target)
+        check_weight(weight, pred.shape)
         valid_mask = (target >= 0) & (target != ignore_index)
+    if avg_factor is None and avg_non_ignore and reduction == "mean":
+        avg_factor = valid_mask.sum(dtype=torch.float32)  # a half-precision count overflows past 65504
     valid_mask = valid_mask.to(pred.dtype)
     weight = valid_mask if weight is None else weight.to(pred.dtype) * valid_mask
-    if avg_factor is None and avg_non_ignore and reduction == "mean":
-        avg_factor = valid_mask.sum()
     if class_weight is not None:
         class_weight = class_weight.to(device=pred.device, dtype=pred.dtype)
     loss = F.binary_cross_entropy_with_logits(pred, target.to(pred.dtype), pos_weight=class_weight, reduction="none")
+    check_weight(weight, loss.shape)
     return weight_reduce_loss(loss, weight, reduction, avg_factor)
 
 
@@ -237,6 +248,9 @@ def mask_cross_entropy(
     check_tensor(pred, "pred")
     check_tensor(target, "target")
     check_tensor(labels, "labels")
+    check_floating(pred, "pred")
+    if labels.is_floating_point():
+        raise TypeError(f"`labels` must be an integer tensor of RoI classes, got dtype {labels.dtype}")
     check_ndim(pred, (4,), "pred", "mask logits of shape (R, C, H, W)")
     expected = (pred.shape[0], *pred.shape[2:])
     if tuple(target.shape) != expected:
@@ -388,6 +402,7 @@ def quality_focal_loss(
         bce_pos = F.binary_cross_entropy_with_logits(pred, score, reduction="none")
     loss = torch.where(positive, bce_pos * (score - prob).abs().pow(beta), bce_neg * prob.pow(beta))
     loss = loss.sum(dim=1)
+    check_weight(weight, loss.shape)
     return weight_reduce_loss(loss, weight, reduction, avg_factor)
 
 
@@ -440,4 +455,5 @@ def distribution_focal_loss(
         log_prob.gather(1, left.unsqueeze(1)).squeeze(1) * weight_left
         + log_prob.gather(1, right.unsqueeze(1)).squeeze(1) * weight_right
     )
+    check_weight(weight, loss.shape)
     return weight_reduce_loss(loss, weight, reduction, avg_factor)

@@ -53,14 +53,17 @@ def _aspect_term(boxes1: Tensor, boxes2: Tensor, eps: float) -> Tensor:
     return (4 / math.pi**2) * (torch.atan(w2 / h2) - torch.atan(w1 / h1)).pow(2)
 
 
-def _geometry(boxes1: Tensor, boxes2: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Overlap, both areas and the enclosing box's (w, h) of broadcast-aligned boxes."""
+def _geometry(boxes1: Tensor, boxes2: Tensor, enclose: bool = True) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Overlap, both areas and the enclosing box's (w, h) of broadcast-aligned boxes (``overlap`` when not
+    ``enclose``: plain IoU needs no enclosing box)."""
     area1 = (boxes1[..., 2] - boxes1[..., 0]) * (boxes1[..., 3] - boxes1[..., 1])
     area2 = (boxes2[..., 2] - boxes2[..., 0]) * (boxes2[..., 3] - boxes2[..., 1])
     lt = torch.maximum(boxes1[..., :2], boxes2[..., :2])
     rb = torch.minimum(boxes1[..., 2:], boxes2[..., 2:])
     wh = (rb - lt).clamp(min=0)
     overlap = wh[..., 0] * wh[..., 1]
+    if not enclose:
+        return overlap, area1, area2, overlap
     enclose_wh = (
         torch.maximum(boxes1[..., 2:], boxes2[..., 2:]) - torch.minimum(boxes1[..., :2], boxes2[..., :2])
     ).clamp(min=0)
@@ -122,7 +125,7 @@ def bbox_overlaps(
                 f"and `boxes2` {tuple(boxes2.shape)}"
             )
         boxes1, boxes2 = boxes1.unsqueeze(-2), boxes2.unsqueeze(-3)
-    overlap, area1, area2, enclose_wh = _geometry(boxes1, boxes2)
+    overlap, area1, area2, enclose_wh = _geometry(boxes1, boxes2, enclose=mode not in ("iou", "iof"))
     union = area1 if mode == "iof" else area1 + area2 - overlap
     union = union.clamp(min=eps)
     ious = overlap / union

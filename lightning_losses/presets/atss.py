@@ -10,7 +10,7 @@ from torch import Tensor
 
 from lightning_losses.assigners.atss import ATSSAssigner
 from lightning_losses.boxes.coders import DeltaXYWHCoder, bbox2distance
-from lightning_losses.boxes.priors import AnchorGenerator
+from lightning_losses.boxes.priors import AnchorGenerator, valid_flags
 from lightning_losses.boxes.targets import PaddedTargets, pad_targets
 from lightning_losses.losses.base import LossMetric
 from lightning_losses.losses.classification import CrossEntropyLoss, FocalLoss
@@ -22,9 +22,19 @@ __all__ = ["ATSSCriterion", "ATSSTargets", "atss_targets"]
 
 
 class ATSSTargets:
-    """Assignment shared by ATSS and GFL: anchors, positives, labels and matched boxes (``(B, P, …)``)."""
+    """Assignment shared by ATSS and GFL: anchors, positives, labels, matched boxes (``(B, P, …)``) and the
+    classification weight (0 on anchors outside an image's valid area)."""
 
-    def __init__(self, anchors: Tensor, positive: Tensor, labels: Tensor, boxes: Tensor, num_pos_images: Tensor):
+    def __init__(
+        self,
+        anchors: Tensor,
+        positive: Tensor,
+        labels: Tensor,
+        boxes: Tensor,
+        num_pos_images: Tensor,
+        label_weight: Tensor | None,
+    ) -> None:
+        self.label_weight = label_weight
         self.anchors = anchors
         self.positive = positive
         self.labels = labels
@@ -42,8 +52,14 @@ def atss_targets(
     cls_scores: Sequence[Tensor],
     targets: Sequence[Mapping[str, Tensor]],
     priors: Tensor | None,
+    image_size: Sequence[int] | Tensor | None = None,
 ) -> ATSSTargets:
-    """Generate anchors (or take ``priors``), assign them with ATSS and gather each positive's box."""
+    """Generate anchors (or take ``priors``), assign them with ATSS and gather each positive's box.
+
+    With ``image_size`` (``(H, W)`` or per-image ``(B, 2)`` padded shapes) anchors on cells beyond an
+    image's shape are left out of the assignment and of the classification loss, as MMDetection's valid
+    flags do.
+    """
     device = cls_scores[0].device
     sizes = [(int(m.shape[-2]), int(m.shape[-1])) for m in cls_scores]
     per_cell = generator.num_base_priors
@@ -54,12 +70,18 @@ def atss_targets(
         raise ValueError(f"`priors` must have shape ({sum(counts)}, 4) for these outputs, got {tuple(priors.shape)}")
     priors = priors.float()
     gts: PaddedTargets = pad_targets(targets, device)
-    assign = assigner.assign(priors, counts, gts)
+    prior_mask = None
+    if image_size is not None:
+        batch = cls_scores[0].shape[0]
+        pad_shapes = torch.as_tensor(image_size, device=device).reshape(-1, 2).expand(batch, 2)
+        prior_mask = valid_flags(sizes, generator.strides, per_cell, pad_shapes)
+    assign = assigner.assign(priors, counts, gts, prior_mask)
     positive = assign.positive
     matched = gather_boxes(gts.boxes, assign.matched)
     # Negatives get their own anchor as box, so every (zero-weight) quantity derived from it is finite.
     matched = torch.where(positive[..., None], matched, priors.expand_as(matched))
-    return ATSSTargets(priors, positive, assign.labels, matched, positive.sum(dim=1))
+    label_weight = None if prior_mask is None else prior_mask.float()
+    return ATSSTargets(priors, positive, assign.labels, matched, positive.sum(dim=1), label_weight)
 
 
 class ATSSCriterion(DenseCriterion):
@@ -138,7 +160,7 @@ class ATSSCriterion(DenseCriterion):
             raise ValueError("`cls_scores`, `bbox_preds` and `centerness` must cover the same anchors")
         if len(targets) != batch:
             raise ValueError(f"`targets` has {len(targets)} images, the outputs have {batch}")
-        t = atss_targets(self.anchor_generator, self.assigner, cls_scores, targets, priors)
+        t = atss_targets(self.anchor_generator, self.assigner, cls_scores, targets, priors, image_size)
         anchor_centers = (t.anchors[:, :2] + t.anchors[:, 2:]) / 2
         ctr_target = torch.where(
             t.positive, centerness_target(bbox2distance(anchor_centers, t.boxes)), torch.zeros_like(ctr)
@@ -148,6 +170,7 @@ class ATSSCriterion(DenseCriterion):
         loss_cls = self.loss_cls(
             cls.reshape(-1, self.num_classes),
             onehot_targets(t.labels, self.num_classes, cls.dtype).reshape(-1, self.num_classes),
+            weight=None if t.label_weight is None else t.label_weight.reshape(-1),
             avg_factor=avg_factor,
         )
         decoded = self.coder.decode(t.anchors, box)

@@ -98,7 +98,7 @@ class GFLCriterion(DenseCriterion):
             raise ValueError(f"`bbox_preds` give {box.shape[1]} anchors per image, `cls_scores` {num_priors}")
         if len(targets) != batch:
             raise ValueError(f"`targets` has {len(targets)} images, the outputs have {batch}")
-        t = atss_targets(self.anchor_generator, self.assigner, cls_scores, targets, priors)
+        t = atss_targets(self.anchor_generator, self.assigner, cls_scores, targets, priors, image_size)
         counts = [int(m.shape[-2] * m.shape[-1]) for m in cls_scores]
         stride = torch.repeat_interleave(t.anchors.new_tensor(self.strides), torch.tensor(counts, device=cls.device))
         centers = (t.anchors[:, :2] + t.anchors[:, 2:]) / 2 / stride[:, None]
@@ -115,7 +115,10 @@ class GFLCriterion(DenseCriterion):
 
         labels = torch.where(positive, t.labels, self.num_classes)
         loss_cls = self.loss_cls(
-            cls.reshape(-1, self.num_classes), (labels.reshape(-1), score.reshape(-1)), avg_factor=avg_factor
+            cls.reshape(-1, self.num_classes),
+            (labels.reshape(-1), score.reshape(-1)),
+            weight=None if t.label_weight is None else t.label_weight.reshape(-1),
+            avg_factor=avg_factor,
         )
         loss_bbox = self.loss_bbox(
             pred_boxes.reshape(-1, 4), target_boxes.reshape(-1, 4), weight=weight.reshape(-1), avg_factor=weight_sum

@@ -171,10 +171,12 @@ class YOLOXCriterion(DenseCriterion):
         num_pos = num_pos.clamp(min=1.0)
 
         matched = gather_boxes(gts.boxes, assign.matched)
-        matched = torch.where(positive[..., None], matched, pred_boxes.detach())
         pos_weight = positive.to(raw.dtype)
+        # Negatives compare their matched (dummy) box with itself: a negative whose decoded box overflows
+        # must not turn the weighted sum into NaN (0 · NaN); NetsPresso scores positives only.
+        scored_boxes = torch.where(positive[..., None], pred_boxes, matched)
         loss_bbox = self.loss_bbox(
-            pred_boxes.reshape(-1, 4), matched.reshape(-1, 4), weight=pos_weight.reshape(-1), avg_factor=num_pos
+            scored_boxes.reshape(-1, 4), matched.reshape(-1, 4), weight=pos_weight.reshape(-1), avg_factor=num_pos
         )
         loss_obj = self.loss_obj(obj.reshape(-1), pos_weight.reshape(-1).to(obj.dtype), avg_factor=num_pos)
         cls_target = onehot_targets(assign.labels, self.num_classes, cls.dtype) * assign.max_overlaps[..., None]
