@@ -1,0 +1,254 @@
+"""ATSSAssigner: hand-worked scenes and a literal per-image MMDetection 3.x reference (mmdet.md §3.2)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lightning_losses.assigners import ATSSAssigner
+from lightning_losses.boxes import AnchorGenerator, pad_targets
+
+INF = 100000000
+
+
+# --------------------------------------------------------------------------------------------------
+# Independent reference: ATSSAssigner.assign for one image (per-level topk, mean + std, is_in_gts, INF trick).
+# --------------------------------------------------------------------------------------------------
+def ref_iou(boxes1: torch.Tensor, boxes2: torch.Tensor) -> torch.Tensor:
+    """Pairwise IoU (N, M) of xyxy boxes, no +1: overlap / max(area1 + area2 - overlap, 1e-6)."""
+    area1 = (boxes1[:, 2] - boxes1[:, 0]) * (boxes1[:, 3] - boxes1[:, 1])
+    area2 = (boxes2[:, 2] - boxes2[:, 0]) * (boxes2[:, 3] - boxes2[:, 1])
+    lt = torch.max(boxes1[:, None, :2], boxes2[None, :, :2])
+    rb = torch.min(boxes1[:, None, 2:], boxes2[None, :, 2:])
+    wh = (rb - lt).clamp(min=0)
+    overlap = wh[..., 0] * wh[..., 1]
+    union = (area1[:, None] + area2[None, :] - overlap).clamp(min=1e-6)
+    return overlap / union
+
+
+def mmdet_atss_assign(
+    priors: torch.Tensor, num_level_priors: list[int], boxes: torch.Tensor, labels: torch.Tensor, topk: int = 9
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(gt_inds, max_overlaps, labels); max_overlaps is -INF where not positive, as in MMDetection."""
+    num_gt, num_priors = boxes.size(0), priors.size(0)
+    overlaps = ref_iou(priors, boxes)  # (P, G)
+    assigned_gt_inds = overlaps.new_full((num_priors,), 0, dtype=torch.long)
+    if num_gt == 0 or num_priors == 0:
+        return assigned_gt_inds, overlaps.new_zeros(num_priors), assigned_gt_inds.new_full((num_priors,), -1)
+
+    gt_cx = (boxes[:, 0] + boxes[:, 2]) / 2.0
+    gt_cy = (boxes[:, 1] + boxes[:, 3]) / 2.0
+    gt_points = torch.stack((gt_cx, gt_cy), dim=1)
+    priors_cx = (priors[:, 0] + priors[:, 2]) / 2.0
+    priors_cy = (priors[:, 1] + priors[:, 3]) / 2.0
+    priors_points = torch.stack((priors_cx, priors_cy), dim=1)
+    distances = (priors_points[:, None, :] - gt_points[None, :, :]).pow(2).sum(-1).sqrt()
+
+    candidate_idxs = []
+    start_idx = 0
+    for priors_per_level in num_level_priors:
+        end_idx = start_idx + priors_per_level
+        distances_per_level = distances[start_idx:end_idx, :]
+        selectable_k = min(topk, priors_per_level)
+        _, topk_idxs_per_level = distances_per_level.topk(selectable_k, dim=0, largest=False)
+        candidate_idxs.append(topk_idxs_per_level + start_idx)
+        start_idx = end_idx
+    candidate_idxs = torch.cat(candidate_idxs, dim=0)
+
+    candidate_overlaps = overlaps[candidate_idxs, torch.arange(num_gt)]
+    overlaps_mean_per_gt = candidate_overlaps.mean(0)
+    overlaps_std_per_gt = candidate_overlaps.std(0)
+    overlaps_thr_per_gt = overlaps_mean_per_gt + overlaps_std_per_gt
+    is_pos = candidate_overlaps >= overlaps_thr_per_gt[None, :]
+
+    for gt_idx in range(num_gt):
+        candidate_idxs[:, gt_idx] += gt_idx * num_priors
+    ep_priors_cx = priors_cx.view(1, -1).expand(num_gt, num_priors).contiguous().view(-1)
+    ep_priors_cy = priors_cy.view(1, -1).expand(num_gt, num_priors).contiguous().view(-1)
+    candidate_idxs = candidate_idxs.view(-1)
+    l_ = ep_priors_cx[candidate_idxs].view(-1, num_gt) - boxes[:, 0]
+    t_ = ep_priors_cy[candidate_idxs].view(-1, num_gt) - boxes[:, 1]
+    r_ = boxes[:, 2] - ep_priors_cx[candidate_idxs].view(-1, num_gt)
+    b_ = boxes[:, 3] - ep_priors_cy[candidate_idxs].view(-1, num_gt)
+    is_in_gts = torch.stack([l_, t_, r_, b_], dim=1).min(dim=1)[0] > 0.01
+    is_pos = is_pos & is_in_gts
+
+    overlaps_inf = torch.full_like(overlaps, -INF).t().contiguous().view(-1)
+    index = candidate_idxs.view(-1)[is_pos.view(-1)]
+    overlaps_inf[index] = overlaps.t().contiguous().view(-1)[index]
+    overlaps_inf = overlaps_inf.view(num_gt, -1).t()
+
+    max_overlaps, argmax_overlaps = overlaps_inf.max(dim=1)
+    assigned_gt_inds[max_overlaps != -INF] = argmax_overlaps[max_overlaps != -INF] + 1
+    assigned_labels = assigned_gt_inds.new_full((num_priors,), -1)
+    pos_inds = torch.nonzero(assigned_gt_inds > 0, as_tuple=False).squeeze()
+    if pos_inds.numel() > 0:
+        assigned_labels[pos_inds] = labels[assigned_gt_inds[pos_inds] - 1]
+    return assigned_gt_inds, max_overlaps, assigned_labels
+
+
+def atss_priors(size: int = 256, strides: tuple[int, ...] = (8, 16, 32, 64, 128)) -> tuple[torch.Tensor, list[int]]:
+    gen = AnchorGenerator(strides=list(strides), ratios=[1.0], octave_base_scale=8, scales_per_octave=1)
+    per_level = gen.grid_priors([(-(-size // s), -(-size // s)) for s in strides])
+    return torch.cat(per_level), [p.shape[0] for p in per_level]
+
+
+def random_targets(counts: list[int], generator: torch.Generator, size: float = 256.0):
+    out = []
+    for n in counts:
+        xy = torch.rand(n, 2, generator=generator) * (size - 4)
+        wh = 4 + torch.rand(n, 2, generator=generator) * (size / 2)
+        out.append(
+            {
+                "boxes": torch.cat([xy, (xy + wh).clamp(max=size)], dim=1),
+                "labels": torch.randint(0, 80, (n,), generator=generator),
+            }
+        )
+    return out
+
+
+def box_target(boxes: list[list[float]], labels: list[int] | None = None) -> dict[str, torch.Tensor]:
+    labels = list(range(len(boxes))) if labels is None else labels
+    return {"boxes": torch.tensor(boxes).reshape(-1, 4), "labels": torch.tensor(labels, dtype=torch.long)}
+
+
+def assert_matches_reference(assigner: ATSSAssigner, priors, counts, targets) -> None:
+    result = assigner.assign(priors, counts, pad_targets(targets))
+    for i, t in enumerate(targets):
+        gt_inds, max_ov, labels = mmdet_atss_assign(priors, counts, t["boxes"], t["labels"], assigner.topk)
+        torch.testing.assert_close(result.gt_inds[i], gt_inds, rtol=0, atol=0)
+        torch.testing.assert_close(result.labels[i], labels, rtol=0, atol=0)
+        positive = gt_inds > 0
+        torch.testing.assert_close(result.max_overlaps[i][positive], max_ov[positive])
+        assert bool((result.max_overlaps[i][~positive] == 0).all())
+
+
+# --------------------------------------------------------------------------------------------------
+# Hand-worked scenes
+# --------------------------------------------------------------------------------------------------
+def test_hand_worked_center_must_be_inside_by_more_than_001() -> None:
+    """Hand-worked: prior center (6, 5); box [-6,0,x2,10] with x2 = 5, 6, 6.005, 6.02 → only 6.02 is positive.
+
+    Candidates are all three priors (IoUs v, 0, 0, so t = v/3 + v/√3 < v): only the center test decides.
+    """
+    priors = torch.tensor([[0.0, 0.0, 12.0, 10.0], [40.0, 0.0, 50.0, 10.0], [0.0, 40.0, 10.0, 50.0]])
+    targets = [box_target([[-6.0, 0.0, x2, 10.0]], [4]) for x2 in (5.0, 6.0, 6.005, 6.02)]
+    result = ATSSAssigner(topk=3).assign(priors, [3], pad_targets(targets))
+    assert result.gt_inds.tolist() == [[0, 0, 0], [0, 0, 0], [0, 0, 0], [1, 0, 0]]
+    assert result.labels.tolist() == [[-1, -1, -1], [-1, -1, -1], [-1, -1, -1], [4, -1, -1]]
+    torch.testing.assert_close(result.max_overlaps[3, 0], torch.tensor(60.2 / 180.0))
+
+
+def test_hand_worked_shared_prior_takes_highest_iou_then_first_box() -> None:
+    """Hand-worked: p0 is positive for boxes of IoU 100/120 and 100/110 → the second; equal boxes → the first."""
+    priors = torch.tensor([[0.0, 0.0, 10.0, 10.0], [100.0, 0.0, 110.0, 10.0], [0.0, 100.0, 10.0, 110.0]])
+    targets = [
+        box_target([[0.0, 0.0, 10.0, 12.0], [0.0, 0.0, 10.0, 11.0]], [5, 6]),
+        box_target([[0.0, 0.0, 10.0, 11.0], [0.0, 0.0, 10.0, 11.0]], [5, 6]),
+        box_target([[0.0, 0.0, 10.0, 12.0]], [5]),
+    ]
+    result = ATSSAssigner(topk=3).assign(priors, [3], pad_targets(targets))
+    assert result.gt_inds.tolist() == [[2, 0, 0], [1, 0, 0], [1, 0, 0]]
+    assert result.labels.tolist() == [[6, -1, -1], [5, -1, -1], [5, -1, -1]]
+    torch.testing.assert_close(result.max_overlaps[:, 0], torch.tensor([100 / 110, 100 / 110, 100 / 120]))
+
+
+def test_hand_worked_topk_is_per_level_with_unbiased_std() -> None:
+    """Hand-worked: topk=2 per level gives IoUs (1, 0, .25, 0): t = .3125 + .4732 → only the level-0 prior.
+
+    A global top-2 would take (1, .25) with t = .625 + .530 > 1 and find nothing.
+    """
+    priors = torch.tensor(
+        [
+            [0.0, 0.0, 10.0, 10.0],  # level 0: IoU 1, distance 0
+            [200.0, 200.0, 210.0, 210.0],
+            [300.0, 0.0, 310.0, 10.0],
+            [0.0, 0.0, 20.0, 20.0],  # level 1: IoU .25, distance 7.07
+            [200.0, 0.0, 220.0, 20.0],
+            [0.0, 300.0, 20.0, 320.0],
+        ]
+    )
+    gts = pad_targets([box_target([[0.0, 0.0, 10.0, 10.0]])])
+    result = ATSSAssigner(topk=2).assign(priors, [3, 3], gts)
+    assert result.gt_inds.tolist() == [[1, 0, 0, 0, 0, 0]]
+    # topk above the level size takes the whole level (k = min(topk, n_l)) without error
+    assert ATSSAssigner(topk=9).assign(priors, [3, 3], gts).gt_inds.tolist() == [[1, 0, 0, 0, 0, 0]]
+    # the reference agrees, and the unbiased threshold is as hand-computed
+    cand = torch.tensor([1.0, 0.0, 0.25, 0.0])
+    assert abs(float(cand.mean() + cand.std()) - (0.3125 + (0.671875 / 3) ** 0.5)) < 1e-6
+    ref, _, _ = mmdet_atss_assign(priors, [3, 3], gts.boxes[0], gts.labels[0], topk=2)
+    assert ref.tolist() == [1, 0, 0, 0, 0, 0]
+
+
+def test_hand_worked_unbiased_std_decides() -> None:
+    """Hand-worked: IoUs (.9, .5, 0): unbiased t = .4667 + .4509 = .9176 > .9 → nothing positive (a biased std, .3682,
+    would give t = .8349 and take p0); with (.9, .3, 0): t = .4 + .4583 = .8583 → p0 is positive.
+    """
+    # one level of three priors, all of them candidates; box [0,0,10,10]; p0 IoU 90/100, p1 IoU 50/100, p2 far
+    priors = torch.tensor([[0.0, 0.0, 10.0, 9.0], [0.0, 0.0, 10.0, 5.0], [100.0, 100.0, 110.0, 110.0]])
+    gts = pad_targets([box_target([[0.0, 0.0, 10.0, 10.0]])])
+    result = ATSSAssigner(topk=3).assign(priors, [3], gts)
+    assert result.gt_inds.tolist() == [[0, 0, 0]]
+    # with p1 at IoU .3 ([0,0,10,3]) the threshold drops to .8583 and p0 (.9) becomes positive
+    priors[1, 3] = 3.0
+    assert ATSSAssigner(topk=3).assign(priors, [3], gts).gt_inds.tolist() == [[1, 0, 0]]
+
+
+def test_half_precision_priors_assign_as_their_float32_values() -> None:
+    """Hand-worked shared-prior scene with float16 priors (exact in half): bbox_overlaps upcasts, result unchanged."""
+    priors = torch.tensor([[0.0, 0.0, 10.0, 10.0], [100.0, 0.0, 110.0, 10.0], [0.0, 100.0, 10.0, 110.0]])
+    gts = pad_targets([box_target([[0.0, 0.0, 10.0, 12.0], [0.0, 0.0, 10.0, 11.0]], [5, 6])])
+    result = ATSSAssigner(topk=3).assign(priors.half(), [3], gts)
+    assert result.gt_inds.tolist() == [[2, 0, 0]]
+
+
+def test_empty_images_are_all_negative() -> None:
+    """Hand-worked: images without boxes get gt_inds 0, labels -1 (alone and in a mixed batch)."""
+    priors, counts = atss_priors(64, (8, 16))
+    empty = box_target([])
+    alone = ATSSAssigner().assign(priors, counts, pad_targets([empty]))
+    assert bool((alone.gt_inds == 0).all())
+    assert bool((alone.labels == -1).all())
+    mixed = ATSSAssigner().assign(priors, counts, pad_targets([empty, box_target([[0.0, 0.0, 64.0, 64.0]]), empty]))
+    assert bool((mixed.gt_inds[[0, 2]] == 0).all())
+    assert int(mixed.positive[1].sum()) > 0
+
+
+def test_argument_checks() -> None:
+    """Boundary checks: topk >= 1; level counts must add up to the number of priors."""
+    with pytest.raises(ValueError, match="topk"):
+        ATSSAssigner(topk=0)
+    priors, counts = atss_priors(64, (8, 16))
+    with pytest.raises(ValueError, match="num_level_priors"):
+        ATSSAssigner().assign(priors, [counts[0]], pad_targets([box_target([[0.0, 0.0, 8.0, 8.0]])]))
+
+
+# --------------------------------------------------------------------------------------------------
+# Against the literal reference on random scenes
+# --------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_batched_equals_per_image_reference(seed: int) -> None:
+    """Literal per-image MMDetection ATSS == one batched call, box counts (5, 0, 12, 1), 1364 ATSS anchors."""
+    g = torch.Generator().manual_seed(seed)
+    priors, counts = atss_priors()
+    assert_matches_reference(ATSSAssigner(), priors, counts, random_targets([5, 0, 12, 1], g))
+
+
+def test_topk_and_chunking_equal_reference() -> None:
+    """Literal reference with topk=4, and a tiny max_elements (one box per distance chunk) gives the same result."""
+    g = torch.Generator().manual_seed(3)
+    priors, counts = atss_priors(128, (8, 16, 32))
+    targets = random_targets([7, 2], g, size=128.0)
+    assert_matches_reference(ATSSAssigner(topk=4), priors, counts, targets)
+    full = ATSSAssigner().assign(priors, counts, pad_targets(targets))
+    chunked = ATSSAssigner(max_elements=1).assign(priors, counts, pad_targets(targets))
+    for got, want in zip(chunked, full, strict=True):
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+def test_many_boxes_equal_reference() -> None:
+    """Literal reference with 1000 boxes on the 1364 anchors of a 256 × 256 image (strides 8..128); runs quickly."""
+    g = torch.Generator().manual_seed(4)
+    priors, counts = atss_priors()
+    targets = random_targets([1000, 300], g)
+    assert_matches_reference(ATSSAssigner(), priors, counts, targets)
