@@ -137,7 +137,7 @@ def tight_boxes(masks: Tensor) -> Tensor:
 def render_shapes(
     generator: torch.Generator,
     image_size: int = 128,
-    num_classes: int = 3,
+    num_shape_classes: int = 3,
     min_objects: int = 1,
     max_objects: int = 8,
 ) -> ShapesSample:
@@ -151,7 +151,7 @@ def render_shapes(
     Args:
         generator: the source of randomness.
         image_size: ``H = W``.
-        num_classes: shape kinds used, the first ``num_classes`` of :data:`SHAPES`.
+        num_shape_classes: shape kinds used, the first ``num_shape_classes`` of :data:`SHAPES`.
         min_objects: fewest shapes painted.
         max_objects: most shapes painted.
 
@@ -164,7 +164,7 @@ def render_shapes(
     background = torch.rand(3, generator=generator)
     noise = _NOISE_STD * torch.randn(3, image_size, image_size, generator=generator)
     count = int(torch.randint(min_objects, max_objects + 1, (1,), generator=generator))
-    kinds = torch.randint(0, num_classes, (count,), generator=generator)
+    kinds = torch.randint(0, num_shape_classes, (count,), generator=generator)
     image = (background.view(3, 1, 1) + noise).clamp(0.0, 1.0)
     # 1 + the index of the top shape at each pixel, 0 for background.
     top = torch.zeros(image_size, image_size, dtype=torch.long)
@@ -204,7 +204,7 @@ class SyntheticShapes(Dataset):
         split: ``"train"``, ``"val"`` or ``"test"``.
         length: number of images.
         image_size: ``H = W``.
-        num_classes: shape kinds used.
+        num_shape_classes: shape kinds used.
         min_objects: fewest shapes per image.
         max_objects: most shapes per image.
         seed: dataset seed.
@@ -216,7 +216,7 @@ class SyntheticShapes(Dataset):
         split: str,
         length: int,
         image_size: int = 128,
-        num_classes: int = 3,
+        num_shape_classes: int = 3,
         min_objects: int = 1,
         max_objects: int = 8,
         seed: int = 0,
@@ -229,7 +229,7 @@ class SyntheticShapes(Dataset):
         self.split = split
         self.length = int(length)
         self.image_size = image_size
-        self.num_classes = num_classes
+        self.num_shape_classes = num_shape_classes
         self.min_objects = min_objects
         self.max_objects = max_objects
         self.seed = seed
@@ -242,7 +242,7 @@ class SyntheticShapes(Dataset):
         if not 0 <= index < self.length:
             raise IndexError(f"`index` {index} out of range for {self.length} images")
         generator = torch.Generator().manual_seed(sample_seed(self.seed, self.split, index))
-        return render_shapes(generator, self.image_size, self.num_classes, self.min_objects, self.max_objects)
+        return render_shapes(generator, self.image_size, self.num_shape_classes, self.min_objects, self.max_objects)
 
     def __getitem__(self, index: int) -> tuple[Tensor, DetectionTarget | Tensor]:
         sample = self.render(index)
@@ -264,12 +264,12 @@ class SyntheticShapesDataModule(L.LightningDataModule):
     shape is its kind (0 rectangle, 1 ellipse, 2 triangle), its colour is random. Detection batches are
     ``(images (B, 3, H, W) in [0, 1], [{"boxes": (M, 4) xyxy pixels, "labels": (M,)}, …])`` with boxes the
     exact tight boxes of each object's visible pixels; segmentation batches are ``(images, masks (B, H, W))``
-    with background 0 and shape classes ``1..num_classes`` (``K = num_classes + 1``).
+    with background 0 and shape classes ``1..num_shape_classes`` (``K = num_shape_classes + 1``).
 
     Args:
         task: ``"detection"`` or ``"segmentation"``.
         image_size: ``H = W`` in pixels.
-        num_classes: shape kinds, 1 to 3.
+        num_shape_classes: shape kinds, 1 to 3.
         num_train: training images.
         num_val: validation (and test) images.
         batch_size: images per batch.
@@ -290,7 +290,7 @@ class SyntheticShapesDataModule(L.LightningDataModule):
         self,
         task: str = "detection",
         image_size: int = 128,
-        num_classes: int = 3,
+        num_shape_classes: int = 3,
         num_train: int = 1024,
         num_val: int = 128,
         batch_size: int = 16,
@@ -302,8 +302,8 @@ class SyntheticShapesDataModule(L.LightningDataModule):
         super().__init__()
         if task not in TASKS:
             raise ValueError(f"`task` must be one of {TASKS}, got {task!r}")
-        if not 1 <= num_classes <= len(SHAPES):
-            raise ValueError(f"`num_classes` must lie in [1, {len(SHAPES)}], got {num_classes}")
+        if not 1 <= num_shape_classes <= len(SHAPES):
+            raise ValueError(f"`num_shape_classes` must lie in [1, {len(SHAPES)}], got {num_shape_classes}")
         if image_size < 16:
             raise ValueError(f"`image_size` must be at least 16, got {image_size}")
         if not 0 <= min_objects <= max_objects:
@@ -315,7 +315,7 @@ class SyntheticShapesDataModule(L.LightningDataModule):
         self.save_hyperparameters()
         self.task = task
         self.image_size = image_size
-        self.num_classes = num_classes
+        self.num_shape_classes = num_shape_classes
         self.num_train = num_train
         self.num_val = num_val
         self.batch_size = batch_size
@@ -332,7 +332,7 @@ class SyntheticShapesDataModule(L.LightningDataModule):
             split,
             length,
             self.image_size,
-            self.num_classes,
+            self.num_shape_classes,
             self.min_objects,
             self.max_objects,
             self.seed,

@@ -78,7 +78,7 @@ def test_visibility_rule_and_object_count(index: int):
 
 
 def test_labels_use_the_first_kinds_only():
-    dm = SyntheticShapesDataModule(num_classes=2, **SMALL)
+    dm = SyntheticShapesDataModule(num_shape_classes=2, **SMALL)
     labels = torch.cat([dm.dataset("train")[i][1]["labels"] for i in range(SMALL["num_train"])])
     assert labels.dtype == torch.int64
     assert labels.numel() > 0
@@ -139,7 +139,7 @@ def test_tight_boxes_hand_worked():
     ("kwargs", "match"),
     [
         ({"task": "keypoints"}, "task"),
-        ({"num_classes": 4}, "num_classes"),
+        ({"num_shape_classes": 4}, "num_shape_classes"),
         ({"min_objects": 3, "max_objects": 2}, "min_objects"),
         ({"batch_size": 0}, "batch_size"),
     ],

@@ -1,0 +1,148 @@
+"""LightningCLI: every shipped config fits through `lightning-losses`, logs every term, round-trips, dialects agree."""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from lightning_losses.cli import LossesCLI
+
+ROOT = Path(__file__).parents[1]
+CONFIGS = ROOT / "configs"
+TERMS = {
+    "retinanet": ["loss_cls", "loss_bbox"],
+    "fcos": ["loss_cls", "loss_bbox", "loss_centerness"],
+    "atss": ["loss_cls", "loss_bbox", "loss_centerness"],
+    "gfl": ["loss_cls", "loss_bbox", "loss_dfl"],
+    "yolox": ["loss_bbox", "loss_obj", "loss_cls", "loss_l1"],
+    "pidnet": ["loss_aux", "loss_sem", "loss_boundary", "loss_bas"],
+}
+METRIC = {"pidnet": "val/miou"}
+
+
+def _env(tmp_path: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "WANDB_API_KEY"}
+    wandb_dir = tmp_path / "wandb_home"
+    env.update(
+        WANDB_MODE="offline",
+        WANDB_SILENT="true",
+        WANDB_CONSOLE="off",
+        WANDB_X_DISABLE_STATS="true",
+        WANDB_DISABLE_GIT="true",
+        WANDB_DISABLE_CODE="true",
+        WANDB_ERROR_REPORTING="false",
+        WANDB_DIR=str(wandb_dir),
+        WANDB_CACHE_DIR=str(wandb_dir / "cache"),
+        WANDB_CONFIG_DIR=str(wandb_dir / "config"),
+        WANDB_DATA_DIR=str(wandb_dir / "data"),
+        OMP_NUM_THREADS="1",
+    )
+    return env
+
+
+def _fit(name: str, tmp_path: Path, *extra: str, config: Path | None = None) -> subprocess.CompletedProcess:
+    cli = Path(sys.executable).with_name("lightning-losses")
+    command = [str(cli)] if cli.exists() else [sys.executable, "-m", "lightning_losses"]
+    command += [
+        "fit",
+        "--config",
+        str(config or CONFIGS / f"{name}.yaml"),
+        "--trainer.max_epochs=1",
+        "--trainer.limit_train_batches=3",
+        "--trainer.limit_val_batches=2",
+        "--trainer.log_every_n_steps=1",
+        "--data.init_args.num_train=48",
+        "--data.init_args.num_val=32",
+        *extra,
+    ]
+    return subprocess.run(command, cwd=tmp_path, env=_env(tmp_path), capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.parametrize("name", sorted(TERMS))
+def test_config_fits_and_logs_every_term(name, tmp_path):
+    """Exit 0, a W&B offline run on disk, and the CSV log holds every term per stage plus the metric."""
+    proc = _fit(name, tmp_path)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    log_dir = tmp_path / "logs" / name
+    assert list(log_dir.glob("wandb/offline-run-*/run-*.wandb")), "no W&B offline run written"
+    assert (log_dir / "config.yaml").exists()
+    with open(next(log_dir.glob("csv/version_*/metrics.csv"))) as f:
+        keys = set(next(csv.reader(f)))
+    for term in [*TERMS[name], "loss"]:
+        assert f"train/{term}_step" in keys
+        assert f"train/{term}_epoch" in keys
+        assert f"val/{term}" in keys
+    assert METRIC.get(name, "val/map_50") in keys
+    assert "summary: epoch=1" in proc.stdout
+
+
+def test_rerun_into_the_same_directory_and_override(tmp_path):
+    """A second run overwrites config.yaml; a nested loss override reaches the saved config."""
+    for gamma in ("1.5", "1.25"):
+        proc = _fit("retinanet", tmp_path, f"--model.criterion.loss_cls.init_args.gamma={gamma}")
+        assert proc.returncode == 0, proc.stderr[-4000:]
+        saved = yaml.safe_load((tmp_path / "logs" / "retinanet" / "config.yaml").read_text())
+        assert saved["model"]["init_args"]["criterion"]["init_args"]["loss_cls"]["init_args"]["gamma"] == float(gamma)
+
+
+def _print_config(config: Path, *extra: str) -> str:
+    out = subprocess.run(
+        [sys.executable, "-m", "lightning_losses", "fit", "--config", str(config), *extra, "--print_config"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "WANDB_MODE": "disabled"},
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    return out.stdout
+
+
+def test_print_config_round_trips_and_lists_only_loss_parameters(tmp_path):
+    first = _print_config(CONFIGS / "yolox.yaml")
+    (tmp_path / "printed.yaml").write_text(first)
+    assert _print_config(tmp_path / "printed.yaml") == first
+    loss_obj = yaml.safe_load(first)["model"]["init_args"]["criterion"]["init_args"]["loss_obj"]["init_args"]
+    assert "dist_sync_on_step" not in loss_obj
+    assert "compute_on_cpu" not in loss_obj
+    assert set(loss_obj) == {
+        "use_sigmoid",
+        "use_mask",
+        "reduction",
+        "class_weight",
+        "ignore_index",
+        "loss_weight",
+        "avg_non_ignore",
+        "label_smoothing",
+        "validate_args",
+    }
+
+
+def _criterion(config: Path):
+    cli = LossesCLI(args=["--config", str(config), "--trainer.logger=false"], run=False)
+    return cli.model.criterion
+
+
+@pytest.mark.parametrize("dialect", ["visdet_retinanet", "netspresso_retinanet"])
+def test_seed_dialects_build_the_same_criterion_as_class_path(dialect, monkeypatch, tmp_path):
+    """`{type: FocalLoss}` and `{criterion: focal_loss}` terms equal their class_path forms."""
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    monkeypatch.chdir(tmp_path)
+    built = _criterion(CONFIGS / "compat" / f"{dialect}.yaml")
+    reference = _criterion(CONFIGS / "retinanet.yaml")
+    expected_cls = "SigmoidFocalLoss" if dialect.startswith("netspresso") else "FocalLoss"
+    assert type(built.loss_cls).__name__ == expected_cls
+    assert type(built.loss_bbox) is type(reference.loss_bbox)
+    for attr in ("gamma", "alpha", "loss_weight", "reduction"):
+        assert getattr(built.loss_cls, attr) == getattr(reference.loss_cls, attr)
+    assert built.loss_bbox.beta == reference.loss_bbox.beta
+    import torch
+
+    torch.manual_seed(0)
+    pred, target = torch.randn(6, 3), torch.nn.functional.one_hot(torch.randint(0, 3, (6,)), 3).float()
+    torch.testing.assert_close(built.loss_cls(pred, target), reference.loss_cls(pred, target))
