@@ -29,7 +29,7 @@ test: lint
 	$(PY) -m pytest lightning_losses tests
 
 demo: $(STAMP)
-	$(PY) examples/train_with_losses.py
+	$(VENV)/bin/lightning-losses fit --config configs/retinanet.yaml
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache wandb lightning_logs
