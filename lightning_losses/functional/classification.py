@@ -18,7 +18,8 @@ from lightning_losses.functional._checks import (
     check_tensor,
     check_weight,
 )
-from lightning_losses.functional.reduction import weight_reduce_loss
+from lightning_losses.functional.fused import fused_sigmoid_focal_loss
+from lightning_losses.functional.reduction import reduction_divisor, weight_reduce_loss
 
 __all__ = [
     "binary_cross_entropy",
@@ -281,6 +282,34 @@ def _focal_target(pred: Tensor, target: Tensor) -> Tensor:
     return target.to(pred.dtype)
 
 
+def _fused_focal(
+    pred: Tensor,
+    target: Tensor,
+    weight: Tensor | None,
+    gamma: float,
+    alpha: float | None,
+    reduction: str,
+    avg_factor: float | Tensor | None,
+) -> Tensor:
+    """The fused kernel's path: class labels stay labels, the reduction happens inside the kernel."""
+    labels = dense = None
+    if target.ndim == pred.ndim - 1 and not target.is_floating_point():
+        if pred.ndim != 2 or target.shape[0] != pred.shape[0]:
+            raise ValueError(
+                f"class-index `target` of shape {tuple(target.shape)} needs `pred` of shape (N, C), "
+                f"got {tuple(pred.shape)}"
+            )
+        labels = target.long()
+    else:
+        check_same_shape(pred, target)
+        dense = target
+    if weight is not None:
+        weight = _expand_sample_weight(weight, pred)
+        check_weight(weight, pred.shape)
+    divisor = reduction_divisor(pred.numel(), reduction, avg_factor)
+    return fused_sigmoid_focal_loss(pred, dense, labels, weight, divisor, gamma, alpha)
+
+
 def sigmoid_focal_loss(
     pred: Tensor,
     target: Tensor,
@@ -300,6 +329,10 @@ def sigmoid_focal_loss(
     with :math:`\alpha_t = \alpha y + (1-\alpha)(1-y)`; for soft targets :math:`1 - p_t` is read as
     :math:`(1-\sigma)y + \sigma(1-y)` and :math:`-\log p_t` as the binary cross-entropy, so the same
     formula covers one-hot and soft labels. ``alpha=None`` drops the balance (torchvision's ``alpha < 0``).
+
+    Logits go through a fused kernel (:mod:`lightning_losses.functional.fused`): closed-form backward,
+    only the inputs saved, class labels never expanded to one-hot, the reduction inside the kernel.
+    With ``activated=True``, or a ``target`` / ``weight`` that needs gradients, the composite formula runs.
 
     Args:
         pred: logits ``(N, C)`` (or probabilities with ``activated=True``); any shape with a same-shape target.
@@ -321,6 +354,8 @@ def sigmoid_focal_loss(
     check_tensor(pred, "pred")
     check_tensor(target, "target")
     check_floating(pred, "pred")
+    if not activated and not target.requires_grad and not (weight is not None and weight.requires_grad):
+        return _fused_focal(pred, target, weight, gamma, alpha, reduction, avg_factor)
     target = _focal_target(pred, target)
     if activated:
         prob = pred

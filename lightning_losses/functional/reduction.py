@@ -7,7 +7,7 @@ import math
 import torch
 from torch import Tensor
 
-__all__ = ["REDUCTIONS", "check_reduction", "reduce_loss", "weight_reduce_loss"]
+__all__ = ["REDUCTIONS", "check_reduction", "reduce_loss", "reduction_divisor", "weight_reduce_loss"]
 
 REDUCTIONS = ("none", "mean", "sum")
 _EPS = torch.finfo(torch.float32).eps
@@ -89,14 +89,30 @@ def weight_reduce_loss(
         >>> weight_reduce_loss(loss, reduction="mean", avg_factor=2.0)
         tensor(3.)
     """
-    check_reduction(reduction)
+    divisor = reduction_divisor(loss.numel(), reduction, avg_factor)
     if weight is not None:
         loss = loss * weight
+    if divisor is None:
+        return loss
+    return loss.sum() / divisor
+
+
+def reduction_divisor(numel: int, reduction: str, avg_factor: float | Tensor | None = None) -> float | Tensor | None:
+    """What the weighted sum is divided by: the rule of :func:`weight_reduce_loss` in one place.
+
+    ``None`` for ``"none"``, 1 for ``"sum"``, ``max(numel, 1)`` for ``"mean"`` and ``avg_factor + eps`` for
+    ``"mean"`` with an ``avg_factor``. Fused losses that reduce inside their kernel call this too.
+
+    Example:
+        >>> reduction_divisor(8, "mean"), reduction_divisor(8, "mean", avg_factor=2.0) == 2.0 + _EPS
+        (8, True)
+    """
+    check_reduction(reduction)
     if avg_factor is None:
-        return reduce_loss(loss, reduction)
+        return {"none": None, "sum": 1, "mean": max(numel, 1)}[reduction]
     _check_avg_factor(avg_factor)
-    if reduction == "mean":
-        return loss.sum() / (avg_factor + _EPS)
     if reduction == "sum":
         raise ValueError('`avg_factor` cannot be used with reduction="sum"')
-    return loss
+    if reduction == "none":
+        return None
+    return avg_factor + _EPS
