@@ -18,7 +18,7 @@ from lightning_losses.functional._checks import (
     check_tensor,
     check_weight,
 )
-from lightning_losses.functional.fused import fused_sigmoid_focal_loss
+from lightning_losses.functional.fused import fused_quality_focal_loss, fused_sigmoid_focal_loss
 from lightning_losses.functional.reduction import reduction_divisor, weight_reduce_loss
 
 __all__ = [
@@ -399,6 +399,10 @@ def quality_focal_loss(
         avg_factor: divisor of ``mean`` instead of ``N``.
         activated: ``pred`` holds probabilities.
 
+    Logits go through the fused kernel of :mod:`lightning_losses.functional.fused` (closed-form backward,
+    no ``N × C`` intermediates kept); ``activated`` or targets / weights that need gradients use the
+    composite formula.
+
     Example:
         >>> pred = torch.zeros(1, 2)
         >>> labels, scores = torch.tensor([0]), torch.tensor([0.5])
@@ -412,8 +416,7 @@ def quality_focal_loss(
     check_ndim(pred, (2,), "pred", "logits of shape (N, C)")
     if isinstance(target, Tensor):
         check_same_shape(pred, target)
-        score = target.to(pred.dtype)
-        positive = target != 0
+        labels = scores = None
     else:
         if not isinstance(target, (tuple, list)) or len(target) != 2:
             raise TypeError("`target` must be a (labels, scores) pair or an (N, C) tensor")
@@ -425,6 +428,16 @@ def quality_focal_loss(
                 f"`labels` and `scores` must have shape ({pred.shape[0]},) for `pred` of shape "
                 f"{tuple(pred.shape)}, got {tuple(labels.shape)} and {tuple(scores.shape)}"
             )
+    quality = target if scores is None else scores
+    if not activated and not quality.requires_grad and not (weight is not None and weight.requires_grad):
+        if weight is not None:
+            check_weight(weight, pred.shape[:1])
+        divisor = reduction_divisor(pred.shape[0], reduction, avg_factor)
+        dense = target if scores is None else None
+        return fused_quality_focal_loss(pred, labels, scores, dense, weight, divisor, beta)
+    if scores is None:
+        score, positive = target.to(pred.dtype), target != 0
+    else:
         positive = expand_onehot_labels(labels, pred.shape[1])[0].bool()
         score = scores.to(pred.dtype).unsqueeze(1).expand_as(pred)
     if activated:

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["fused_sigmoid_focal_loss"]
+__all__ = ["fused_quality_focal_loss", "fused_sigmoid_focal_loss"]
 
 _CHUNK_ELEMENTS = 1 << 20  # bounds the temporaries; large enough that per-chunk overhead stays small
 COMPILE_ENV = "LIGHTNING_LOSSES_COMPILE"
@@ -230,3 +230,137 @@ def fused_sigmoid_focal_loss(
     if divisor is not None and not isinstance(divisor, Tensor):
         divisor = float(divisor)
     return _SigmoidFocal.apply(pred, target, labels, weight, divisor, gamma, alpha)
+
+
+def _qfl_positive(
+    x: Tensor, labels: Tensor | None, scores: Tensor | None, target: Tensor | None
+) -> tuple[Tensor, Tensor]:
+    """Positive mask and per-element score of a chunk: from ``labels`` / ``scores`` or a soft target."""
+    if labels is not None:
+        positive = labels[:, None] == torch.arange(x.shape[-1], device=x.device)
+        return positive, scores.to(x.dtype)[:, None].expand_as(x)
+    return target != 0, target
+
+
+def _qfl_forward(x: Tensor, positive: Tensor, score: Tensor, beta: float) -> Tensor:
+    r"""Per-sample QFL: :math:`\sum_c` of BCE to ``s`` times :math:`|s - \sigma|^\beta` (positives) or
+    :math:`\sigma^\beta` (others), with :math:`\mathrm{BCE}(x, s) = \log(1 + e^x) - x s`."""
+    p = torch.sigmoid(x)
+    softplus = torch.nn.functional.softplus(x)
+    negative = softplus * _pow(p, beta)
+    positive_loss = (softplus - x * score) * _pow((score - p).abs(), beta)
+    return torch.where(positive, positive_loss, negative).sum(dim=-1)
+
+
+def _qfl_grad(x: Tensor, positive: Tensor, score: Tensor, beta: float) -> Tensor:
+    r"""Gradient of :func:`_qfl_forward` per element (before the upstream per-sample factor).
+
+    .. math::
+        \text{neg: } \sigma^\beta(\sigma + \beta (1 - \sigma)\log(1 + e^x)), \quad
+        \text{pos: } d|d|^\beta + \beta\,\mathrm{BCE}\,\mathrm{sign}(d)|d|^{\beta - 1}\sigma(1 - \sigma),
+        \quad d = \sigma - s
+    """
+    p = torch.sigmoid(x)
+    softplus = torch.nn.functional.softplus(x)
+    negative = _pow(p, beta) * (p + beta * (1 - p) * softplus)
+    d = p - score
+    if beta == 2.0:
+        modulated = 2 * d
+    else:
+        modulated = beta * torch.sign(d) * d.abs().clamp(min=torch.finfo(d.dtype).tiny).pow(beta - 1)
+    positive_grad = d * _pow(d.abs(), beta) + (softplus - x * score) * modulated * p * (1 - p)
+    return torch.where(positive, positive_grad, negative)
+
+
+def _rows(tensors: tuple[Tensor | None, ...], start: int, stop: int, dtype: torch.dtype) -> list[Tensor | None]:
+    """Rows ``start:stop`` of each tensor (floating ones in ``dtype``), ``None`` passed through."""
+    out: list[Tensor | None] = []
+    for t in tensors:
+        if t is None:
+            out.append(None)
+        else:
+            rows = t[start:stop]
+            out.append(rows.to(dtype) if rows.is_floating_point() else rows)
+    return out
+
+
+class _QualityFocal(torch.autograd.Function):
+    """Quality focal loss over ``(N, C)`` logits: per-sample values, or their weighted reduction."""
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any,
+        pred: Tensor,
+        labels: Tensor | None,
+        scores: Tensor | None,
+        target: Tensor | None,
+        weight: Tensor | None,
+        divisor: float | Tensor | None,
+        beta: float,
+    ) -> Tensor:
+        dtype = _compute_dtype(pred.dtype)
+        rows = pred.shape[0]
+        step = _chunk_rows(pred.shape[-1])
+        total = torch.zeros((), dtype=dtype, device=pred.device)
+        out = None if divisor is not None else torch.empty(rows, dtype=pred.dtype, device=pred.device)
+        for start in range(0, rows, step):
+            stop = min(start + step, rows)
+            x = pred[start:stop].to(dtype)
+            positive, score = _qfl_positive(x, *_rows((labels, scores, target), start, stop, dtype))
+            loss = _run(_qfl_forward, pred.numel(), x, positive, score, beta)
+            if weight is not None:
+                loss = loss * weight[start:stop]
+            if out is None:
+                total += loss.sum()
+            else:
+                out[start:stop] = loss
+        ctx.save_for_backward(pred, labels, scores, target, weight, divisor if isinstance(divisor, Tensor) else None)
+        ctx.divisor, ctx.beta = divisor, beta
+        return out if out is not None else total / divisor
+
+    @staticmethod
+    def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+        pred, labels, scores, target, weight, divisor_tensor = ctx.saved_tensors
+        divisor = divisor_tensor if divisor_tensor is not None else ctx.divisor
+        dtype = _compute_dtype(pred.dtype)
+        grad = torch.empty_like(pred)
+        rows = pred.shape[0]
+        step = _chunk_rows(pred.shape[-1])
+        scale = grad_out.to(dtype) / divisor if divisor is not None else None
+        for start in range(0, rows, step):
+            stop = min(start + step, rows)
+            x = pred[start:stop].to(dtype)
+            positive, score = _qfl_positive(x, *_rows((labels, scores, target), start, stop, dtype))
+            g = _run(_qfl_grad, pred.numel(), x, positive, score, ctx.beta)
+            row = scale if scale is not None else grad_out[start:stop].to(dtype)[:, None]
+            if weight is not None:
+                row = row * weight[start:stop, None]
+            grad[start:stop] = g * row
+        return grad, None, None, None, None, None, None
+
+
+def fused_quality_focal_loss(
+    pred: Tensor,
+    labels: Tensor | None,
+    scores: Tensor | None,
+    target: Tensor | None,
+    weight: Tensor | None,
+    divisor: float | Tensor | None,
+    beta: float,
+) -> Tensor:
+    """Quality focal loss from the fused kernel (see :func:`~lightning_losses.functional.quality_focal_loss`).
+
+    Args:
+        pred: ``(N, C)`` logits.
+        labels: ``(N,)`` classes in ``[0, C]`` (``C`` = background), with ``scores`` ``(N,)``; or ``None``.
+        scores: quality targets of the ``labels``.
+        target: ``(N, C)`` soft target (non-zero entries are the positives) instead of labels / scores.
+        weight: ``(N,)`` per-sample weight.
+        divisor: reduce to ``Σ w·ℓ / divisor``; ``None`` returns the ``(N,)`` per-sample losses.
+        beta: modulating exponent.
+    """
+    if weight is not None:
+        weight = weight.expand(pred.shape[:1])
+    if divisor is not None and not isinstance(divisor, Tensor):
+        divisor = float(divisor)
+    return _QualityFocal.apply(pred, labels, scores, target, weight, divisor, beta)

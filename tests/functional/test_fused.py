@@ -121,3 +121,40 @@ def test_compiled_kernels_equal_eager(monkeypatch):
     for kind in ("labels", "soft"):
         torch.testing.assert_close(results["1", kind][0], results["0", kind][0])
         torch.testing.assert_close(results["1", kind][1], results["0", kind][1])
+
+
+def composite_qfl(x, labels, scores, beta):
+    """The unfused QFL: BCE(x, 0)·σ^β everywhere, overwritten at (i, y_i) by BCE(x, s)·|s − σ|^β, summed."""
+    p = x.sigmoid()
+    loss = F.binary_cross_entropy_with_logits(x, torch.zeros_like(x), reduction="none") * p.pow(beta)
+    rows = torch.nonzero((labels >= 0) & (labels < x.shape[1])).squeeze(1)
+    cols = labels[rows]
+    positive = F.binary_cross_entropy_with_logits(x[rows, cols], scores[rows], reduction="none")
+    loss = loss.index_put((rows, cols), positive * (scores[rows] - p[rows, cols]).abs().pow(beta))
+    return loss.sum(dim=1)
+
+
+@pytest.mark.parametrize("beta", [1.0, 1.5, 2.0])
+@pytest.mark.parametrize("reduce", [True, False])
+def test_quality_focal_equals_the_composite_formula(beta, reduce, monkeypatch):
+    monkeypatch.setattr(fused, "_CHUNK_ELEMENTS", 64)
+    gen = torch.Generator().manual_seed(3)
+    x = (2 * torch.randn(101, 6, generator=gen)).requires_grad_()
+    labels = torch.randint(-1, 7, (101,), generator=gen)
+    scores = torch.rand(101, generator=gen)
+    weight = torch.rand(101, generator=gen)
+    out = fused.fused_quality_focal_loss(x, labels, scores, None, weight, 9.0 if reduce else None, beta)
+    ref = composite_qfl(x, labels, scores, beta) * weight
+    ref = ref.sum() / 9.0 if reduce else ref
+    torch.testing.assert_close(out, ref)
+    upstream = torch.randn_like(ref)
+    torch.testing.assert_close(torch.autograd.grad(out, x, upstream)[0], torch.autograd.grad(ref, x, upstream)[0])
+
+
+def test_quality_focal_gradcheck_float64_soft_target():
+    gen = torch.Generator().manual_seed(4)
+    x = torch.randn(7, 4, dtype=torch.float64, generator=gen).requires_grad_()
+    target = torch.rand(7, 4, dtype=torch.float64, generator=gen) * (torch.rand(7, 4, generator=gen) > 0.6)
+    assert torch.autograd.gradcheck(
+        lambda z: fused.fused_quality_focal_loss(z, None, None, target, None, 3.0, 2.0), (x,)
+    )
