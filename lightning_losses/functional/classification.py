@@ -18,7 +18,7 @@ from lightning_losses.functional._checks import (
     check_tensor,
     check_weight,
 )
-from lightning_losses.functional.fused import fused_quality_focal_loss, fused_sigmoid_focal_loss
+from lightning_losses.functional.fused import fused_quality_focal_loss, fused_sigmoid_focal_loss, run_kernel
 from lightning_losses.functional.reduction import reduction_divisor, weight_reduce_loss
 
 __all__ = [
@@ -493,15 +493,18 @@ def distribution_focal_loss(
             f"`target` must have shape ({pred.shape[0]},) for `pred` of shape {tuple(pred.shape)}, "
             f"got {tuple(target.shape)}"
         )
-    target = target.to(pred.dtype)
+    loss = run_kernel(_dfl_elementwise, pred.numel(), pred, target.to(pred.dtype))
+    check_weight(weight, loss.shape)
+    return weight_reduce_loss(loss, weight, reduction, avg_factor)
+
+
+def _dfl_elementwise(pred: Tensor, target: Tensor) -> Tensor:
     left = target.long()
     weight_left = (left + 1).to(pred.dtype) - target
     weight_right = target - left.to(pred.dtype)
     right = (left + 1).clamp(max=pred.shape[1] - 1)
     log_prob = F.log_softmax(pred, dim=1)
-    loss = -(
+    return -(
         log_prob.gather(1, left.unsqueeze(1)).squeeze(1) * weight_left
         + log_prob.gather(1, right.unsqueeze(1)).squeeze(1) * weight_right
     )
-    check_weight(weight, loss.shape)
-    return weight_reduce_loss(loss, weight, reduction, avg_factor)

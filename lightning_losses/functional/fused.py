@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["fused_quality_focal_loss", "fused_sigmoid_focal_loss"]
+__all__ = ["fused_quality_focal_loss", "fused_sigmoid_focal_loss", "run_kernel"]
 
 _CHUNK_ELEMENTS = 1 << 20  # bounds the temporaries; large enough that per-chunk overhead stays small
 COMPILE_ENV = "LIGHTNING_LOSSES_COMPILE"
@@ -26,16 +26,16 @@ COMPILE_MIN_ELEMENTS = 1 << 21
 _compiled: dict[Callable[..., Tensor], Callable[..., Tensor] | None] = {}
 
 
-def _run(fn: Callable[..., Tensor], numel: int, *args: Any) -> Tensor:
+def run_kernel(fn: Callable[..., Tensor], numel: int, *args: Any, min_elements: int = COMPILE_MIN_ELEMENTS) -> Tensor:
     """Call a chunk kernel, through ``torch.compile`` when that pays off.
 
     ``LIGHTNING_LOSSES_COMPILE=1`` always compiles, ``0`` never; by default (``auto``) inputs of at
-    least ``COMPILE_MIN_ELEMENTS`` elements do, where one compilation (seconds) is repaid by fusing
+    least ``min_elements`` elements do, where one compilation (seconds) is repaid by fusing
     a kernel's dozen element-wise passes into one. A failed compilation (no C++ compiler, an
     unsupported platform) warns once and the eager kernel runs from then on.
     """
     mode = os.environ.get(COMPILE_ENV, "auto")
-    if mode == "0" or (mode != "1" and numel < COMPILE_MIN_ELEMENTS) or torch.compiler.is_compiling():
+    if mode == "0" or (mode != "1" and numel < min_elements) or torch.compiler.is_compiling():
         return fn(*args)
     compiled = _compiled.get(fn, fn)
     if compiled is fn:
@@ -143,8 +143,8 @@ def _chunk_terms(
 ) -> Tensor:
     x = pred[start:stop].to(dtype)
     if labels is not None:
-        return _run(fn_labels, pred.numel(), x, labels[start:stop], gamma, alpha)
-    return _run(fn_dense, pred.numel(), x, target[start:stop].to(dtype), gamma, alpha)
+        return run_kernel(fn_labels, pred.numel(), x, labels[start:stop], gamma, alpha)
+    return run_kernel(fn_dense, pred.numel(), x, target[start:stop].to(dtype), gamma, alpha)
 
 
 class _SigmoidFocal(torch.autograd.Function):
@@ -307,7 +307,7 @@ class _QualityFocal(torch.autograd.Function):
             stop = min(start + step, rows)
             x = pred[start:stop].to(dtype)
             positive, score = _qfl_positive(x, *_rows((labels, scores, target), start, stop, dtype))
-            loss = _run(_qfl_forward, pred.numel(), x, positive, score, beta)
+            loss = run_kernel(_qfl_forward, pred.numel(), x, positive, score, beta)
             if weight is not None:
                 loss = loss * weight[start:stop]
             if out is None:
@@ -331,7 +331,7 @@ class _QualityFocal(torch.autograd.Function):
             stop = min(start + step, rows)
             x = pred[start:stop].to(dtype)
             positive, score = _qfl_positive(x, *_rows((labels, scores, target), start, stop, dtype))
-            g = _run(_qfl_grad, pred.numel(), x, positive, score, ctx.beta)
+            g = run_kernel(_qfl_grad, pred.numel(), x, positive, score, ctx.beta)
             row = scale if scale is not None else grad_out[start:stop].to(dtype)[:, None]
             if weight is not None:
                 row = row * weight[start:stop, None]

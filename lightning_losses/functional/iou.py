@@ -13,6 +13,7 @@ import torch
 from torch import Tensor
 
 from lightning_losses.functional._checks import check_boxes, check_same_shape
+from lightning_losses.functional.fused import run_kernel as _run
 from lightning_losses.functional.reduction import weight_reduce_loss
 
 __all__ = [
@@ -26,6 +27,7 @@ __all__ = [
 ]
 
 OVERLAP_MODES = ("iou", "iof", "giou", "diou", "ciou")
+_BOX_MIN = 1 << 19  # coordinates (131k boxes) from which the element-wise loss goes through torch.compile
 IOU_LOSS_MODES = ("linear", "square", "log")
 
 
@@ -125,6 +127,11 @@ def bbox_overlaps(
                 f"and `boxes2` {tuple(boxes2.shape)}"
             )
         boxes1, boxes2 = boxes1.unsqueeze(-2), boxes2.unsqueeze(-3)
+    return _overlaps(boxes1, boxes2, mode, eps)
+
+
+def _overlaps(boxes1: Tensor, boxes2: Tensor, mode: str, eps: float) -> Tensor:
+    """:func:`bbox_overlaps` of broadcast-aligned float boxes, without the boundary checks."""
     overlap, area1, area2, enclose_wh = _geometry(boxes1, boxes2, enclose=mode not in ("iou", "iof"))
     union = area1 if mode == "iof" else area1 + area2 - overlap
     union = union.clamp(min=eps)
@@ -184,14 +191,17 @@ def iou_loss(
     if mode not in IOU_LOSS_MODES:
         raise ValueError(f"`mode` must be one of {IOU_LOSS_MODES}, got {mode!r}")
     _check_pair(pred, target)
-    ious = bbox_overlaps(pred, target, is_aligned=True).clamp(min=eps)
-    if mode == "linear":
-        loss = 1 - ious
-    elif mode == "square":
-        loss = 1 - ious.pow(2)
-    else:
-        loss = -ious.log()
+    loss = _run(_iou_elementwise, pred.numel(), _upcast(pred), _upcast(target), mode, eps, min_elements=_BOX_MIN)
     return weight_reduce_loss(loss, weight, reduction, avg_factor)
+
+
+def _iou_elementwise(pred: Tensor, target: Tensor, mode: str, eps: float) -> Tensor:
+    ious = _overlaps(pred, target, "iou", 1e-6).clamp(min=eps)
+    if mode == "linear":
+        return 1 - ious
+    if mode == "square":
+        return 1 - ious.pow(2)
+    return -ious.log()
 
 
 def giou_loss(
@@ -220,8 +230,12 @@ def giou_loss(
     Reference: Rezatofighi et al., *Generalized Intersection over Union*, CVPR 2019.
     """
     _check_pair(pred, target)
-    loss = 1 - bbox_overlaps(pred, target, mode="giou", is_aligned=True, eps=eps)
+    loss = _run(_giou_elementwise, pred.numel(), _upcast(pred), _upcast(target), eps, min_elements=_BOX_MIN)
     return weight_reduce_loss(loss, weight, reduction, avg_factor)
+
+
+def _giou_elementwise(pred: Tensor, target: Tensor, eps: float) -> Tensor:
+    return 1 - _overlaps(pred, target, "giou", eps)
 
 
 def _distance_iou(pred: Tensor, target: Tensor, eps: float) -> tuple[Tensor, Tensor]:
@@ -261,8 +275,13 @@ def diou_loss(
     Reference: Zheng et al., *Distance-IoU Loss*, AAAI 2020.
     """
     _check_pair(pred, target)
+    loss = _run(_diou_elementwise, pred.numel(), _upcast(pred), _upcast(target), eps, min_elements=_BOX_MIN)
+    return weight_reduce_loss(loss, weight, reduction, avg_factor)
+
+
+def _diou_elementwise(pred: Tensor, target: Tensor, eps: float) -> Tensor:
     ious, penalty = _distance_iou(pred, target, eps)
-    return weight_reduce_loss(1 - ious + penalty, weight, reduction, avg_factor)
+    return 1 - ious + penalty
 
 
 def ciou_loss(
@@ -297,11 +316,16 @@ def ciou_loss(
     Reference: Zheng et al., *Distance-IoU Loss*, AAAI 2020.
     """
     _check_pair(pred, target)
+    loss = _run(_ciou_elementwise, pred.numel(), _upcast(pred), _upcast(target), eps, min_elements=_BOX_MIN)
+    return weight_reduce_loss(loss, weight, reduction, avg_factor)
+
+
+def _ciou_elementwise(pred: Tensor, target: Tensor, eps: float) -> Tensor:
     ious, penalty = _distance_iou(pred, target, eps)
-    v = _aspect_term(_upcast(pred), _upcast(target), eps)
+    v = _aspect_term(pred, target, eps)
     with torch.no_grad():
         # MMDetection divides by 1 - IoU + v, which is 0/0 for a perfect float32 prediction (IoU rounds
         # to 1, v = 0): clamping keeps alpha = 0 there instead of NaN.
         alpha = (ious > 0.5).to(v.dtype) * v / (1 - ious + v).clamp(min=eps)
     cious = ious - (penalty + alpha * v)
-    return weight_reduce_loss(1 - cious.clamp(min=-1.0, max=1.0), weight, reduction, avg_factor)
+    return 1 - cious.clamp(min=-1.0, max=1.0)

@@ -158,3 +158,25 @@ def test_quality_focal_gradcheck_float64_soft_target():
     assert torch.autograd.gradcheck(
         lambda z: fused.fused_quality_focal_loss(z, None, None, target, None, 3.0, 2.0), (x,)
     )
+
+
+@pytest.mark.parametrize("name", ["iou_loss", "giou_loss", "diou_loss", "ciou_loss", "distribution_focal_loss"])
+def test_compiled_box_and_dfl_losses_equal_eager(name, monkeypatch):
+    """The element-wise cores large inputs send through torch.compile give the eager values and gradients."""
+    from lightning_losses import functional as LF
+
+    gen = torch.Generator().manual_seed(5)
+    if name == "distribution_focal_loss":
+        pred = torch.randn(512, 17, generator=gen).requires_grad_()
+        target = torch.rand(512, generator=gen) * 16
+    else:
+        xy = torch.rand(512, 2, generator=gen) * 50
+        pred = torch.cat([xy, xy + 5 + torch.rand(512, 2, generator=gen) * 30], 1).requires_grad_()
+        target = torch.cat([xy + 2, xy + 10 + torch.rand(512, 2, generator=gen) * 30], 1)
+    results = []
+    for mode in ("0", "1"):
+        monkeypatch.setenv(COMPILE_ENV, mode)
+        out = getattr(LF, name)(pred, target, reduction="none")
+        results.append((out, torch.autograd.grad(out.sum(), pred)[0]))
+    torch.testing.assert_close(results[1][0], results[0][0])
+    torch.testing.assert_close(results[1][1], results[0][1])
