@@ -1,11 +1,13 @@
 """Loss names and the seeds' config dialects.
 
-Three spellings build the same object::
+Three spellings of a loss config::
 
     build_loss({"type": "FocalLoss", "gamma": 2.0, "alpha": 0.25})                  # visdet / MMDetection
     build_loss({"criterion": "focal_loss", "alpha": 0.25, "gamma": 2.0, "weight": None})  # NetsPresso
     build_loss({"class_path": "lightning_losses.FocalLoss", "init_args": {"gamma": 2.0}})  # jsonargparse
 
+The visdet and jsonargparse forms above build the same ``FocalLoss``; NetsPresso's ``focal_loss`` is
+``SigmoidFocalLoss`` (torchvision's formula), which gives the same values for the same parameters.
 ``type`` and ``criterion`` names resolve only inside :data:`LOSSES` (nothing is imported from a
 name); a ``class_path`` may name any importable :class:`LossMetric` subclass.
 """

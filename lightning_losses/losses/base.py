@@ -117,6 +117,17 @@ class LossMetric(RecordsInit, Metric):
             this._forward_cache = this._forward_cache.float()
         return this
 
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # torch.multiprocessing (ddp_spawn on CPU) pickles tensors into shared memory, and Lightning un-shares
+        # only parameters and buffers: without private copies every rank would add into the same sums.
+        super().__setstate__(state)
+        for name, default in self._defaults.items():
+            if isinstance(default, Tensor):
+                self._defaults[name] = default.clone()
+            value = getattr(self, name)
+            if isinstance(value, Tensor):
+                setattr(self, name, value.clone())
+
     def extra_repr(self) -> str:
         return f"reduction={self.reduction!r}, loss_weight={self.loss_weight}"
 

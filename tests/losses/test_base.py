@@ -160,3 +160,24 @@ def test_subclass_contract():
     loss = Double(loss_weight=3.0)
     assert loss(torch.ones(2), torch.zeros(2)).item() == 6.0
     assert loss.compute().item() == 6.0
+
+
+def test_unpickled_states_are_private_not_shared_memory():
+    """ddp_spawn pickles the model with torch.multiprocessing: states must not stay shared across ranks."""
+    import io
+    import pickle
+    from multiprocessing.reduction import ForkingPickler
+
+    import torch.multiprocessing  # registers the shared-memory tensor reductions
+
+    loss = L1Loss()
+    loss(torch.ones(2), torch.zeros(2))
+    buffer = io.BytesIO()
+    ForkingPickler(buffer).dump(loss)
+    copy = pickle.loads(buffer.getvalue())
+    assert not copy.loss_sum.is_shared()
+    assert not copy._defaults["loss_sum"].is_shared()
+    copy(torch.full((2,), 5.0), torch.zeros(2))
+    assert loss.loss_sum.item() == 1.0
+    assert copy.loss_sum.item() == 6.0
+    assert copy.compute().item() == 3.0
