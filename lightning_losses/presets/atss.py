@@ -15,7 +15,7 @@ from lightning_losses.boxes.targets import PaddedTargets, pad_targets
 from lightning_losses.losses.base import LossMetric
 from lightning_losses.losses.classification import CrossEntropyLoss, FocalLoss
 from lightning_losses.losses.iou import GIoULoss
-from lightning_losses.presets.base import DenseCriterion, flatten_levels, gather_boxes, onehot_targets
+from lightning_losses.presets.base import DenseCriterion, gather_boxes, onehot_targets
 from lightning_losses.presets.fcos import centerness_target
 
 __all__ = ["ATSSCriterion", "ATSSTargets", "atss_targets"]
@@ -151,15 +151,7 @@ class ATSSCriterion(DenseCriterion):
         priors: Tensor | None = None,
     ) -> dict[str, Tensor]:
         """Return ``loss_cls``, ``loss_bbox`` and ``loss_centerness`` for one batch."""
-        self.check_levels(cls_scores=cls_scores, bbox_preds=bbox_preds, centerness=centerness)
-        cls = flatten_levels(cls_scores, self.num_classes, "cls_scores")
-        box = flatten_levels(bbox_preds, 4, "bbox_preds")
-        ctr = flatten_levels(centerness, 1, "centerness").squeeze(-1)
-        batch, num_priors = cls.shape[:2]
-        if box.shape[:2] != (batch, num_priors) or ctr.shape != (batch, num_priors):
-            raise ValueError("`cls_scores`, `bbox_preds` and `centerness` must cover the same anchors")
-        if len(targets) != batch:
-            raise ValueError(f"`targets` has {len(targets)} images, the outputs have {batch}")
+        cls, box, ctr = self.flatten_outputs(targets, cls_scores, bbox_preds, centerness=centerness)
         t = atss_targets(self.anchor_generator, self.assigner, cls_scores, targets, priors, image_size)
         anchor_centers = (t.anchors[:, :2] + t.anchors[:, 2:]) / 2
         ctr_target = torch.where(

@@ -16,6 +16,7 @@ from lightning_losses.registry import build_loss
 __all__ = ["DenseCriterion", "flatten_levels", "gather_boxes", "onehot_targets"]
 
 LossSpec = LossMetric | Mapping[str, Any] | None
+_ABSENT = object()  # marks "this criterion takes no centerness maps" in flatten_outputs
 
 
 def flatten_levels(maps: Sequence[Tensor], channels: int, name: str) -> Tensor:
@@ -90,6 +91,37 @@ class DenseCriterion(RecordsInit, nn.Module):
                 raise TypeError(f"`{name}` must be a list with one map per level, got {type(value).__name__}")
             if len(value) != len(self.strides):
                 raise ValueError(f"`{name}` has {len(value)} levels for {len(self.strides)} strides {self.strides}")
+
+    def flatten_outputs(
+        self,
+        targets: Sequence[Any],
+        cls_scores: Sequence[Tensor],
+        bbox_preds: Sequence[Tensor],
+        box_channels: int = 4,
+        centerness: Any = _ABSENT,
+    ) -> tuple[Tensor, Tensor, Tensor | None]:
+        """Check and flatten per-level head outputs: ``(B, P, C)``, ``(B, P, box_channels)`` and ``(B, P)``.
+
+        Raises ``ValueError`` naming the argument when the levels, channels, prior counts or the number of
+        images in ``targets`` disagree.
+        """
+        maps = {"cls_scores": cls_scores, "bbox_preds": bbox_preds}
+        if centerness is not _ABSENT:
+            maps["centerness"] = centerness
+        self.check_levels(**maps)
+        cls = flatten_levels(cls_scores, self.num_classes, "cls_scores")
+        box = flatten_levels(bbox_preds, box_channels, "bbox_preds")
+        ctr = None if centerness is _ABSENT else flatten_levels(centerness, 1, "centerness").squeeze(-1)
+        batch, num_priors = cls.shape[:2]
+        for name, value in (("bbox_preds", box), ("centerness", ctr)):
+            if value is not None and value.shape[:2] != (batch, num_priors):
+                raise ValueError(
+                    f"`{name}` cover {value.shape[1]} priors per image and {value.shape[0]} images, "
+                    f"`cls_scores` {num_priors} and {batch}"
+                )
+        if len(targets) != batch:
+            raise ValueError(f"`targets` has {len(targets)} images, the outputs have {batch}")
+        return cls, box, ctr
 
     @staticmethod
     def featmap_sizes(maps: Sequence[Tensor]) -> list[tuple[int, int]]:

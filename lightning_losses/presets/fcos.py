@@ -15,7 +15,7 @@ from lightning_losses.boxes.targets import pad_targets
 from lightning_losses.losses.base import LossMetric
 from lightning_losses.losses.classification import CrossEntropyLoss, FocalLoss
 from lightning_losses.losses.iou import IoULoss
-from lightning_losses.presets.base import DenseCriterion, flatten_levels, gather_boxes, onehot_targets
+from lightning_losses.presets.base import DenseCriterion, gather_boxes, onehot_targets
 
 __all__ = ["FCOSCriterion", "centerness_target"]
 
@@ -110,15 +110,8 @@ class FCOSCriterion(DenseCriterion):
     ) -> dict[str, Tensor]:
         """Return ``loss_cls``, ``loss_bbox`` and ``loss_centerness`` for one batch (``image_size`` is unused:
         FCOS scores every point of the padded maps, as MMDetection does)."""
-        self.check_levels(cls_scores=cls_scores, bbox_preds=bbox_preds, centerness=centerness)
-        cls = flatten_levels(cls_scores, self.num_classes, "cls_scores")
-        box = flatten_levels(bbox_preds, 4, "bbox_preds")
-        ctr = flatten_levels(centerness, 1, "centerness").squeeze(-1)
+        cls, box, ctr = self.flatten_outputs(targets, cls_scores, bbox_preds, centerness=centerness)
         batch, num_points = cls.shape[:2]
-        if box.shape[:2] != (batch, num_points) or ctr.shape != (batch, num_points):
-            raise ValueError("`cls_scores`, `bbox_preds` and `centerness` must cover the same points")
-        if len(targets) != batch:
-            raise ValueError(f"`targets` has {len(targets)} images, the outputs have {batch}")
         device = cls.device
         counts = [h * w for h, w in self.featmap_sizes(cls_scores)]
         if priors is None:

@@ -16,7 +16,7 @@ from lightning_losses.losses.base import LossMetric
 from lightning_losses.losses.classification import DistributionFocalLoss, QualityFocalLoss
 from lightning_losses.losses.iou import GIoULoss
 from lightning_losses.presets.atss import atss_targets
-from lightning_losses.presets.base import DenseCriterion, flatten_levels
+from lightning_losses.presets.base import DenseCriterion
 
 __all__ = ["GFLCriterion"]
 
@@ -89,15 +89,8 @@ class GFLCriterion(DenseCriterion):
         priors: Tensor | None = None,
     ) -> dict[str, Tensor]:
         """Return ``loss_cls``, ``loss_bbox`` and ``loss_dfl`` for one batch."""
-        self.check_levels(cls_scores=cls_scores, bbox_preds=bbox_preds)
         bins = self.reg_max + 1
-        cls = flatten_levels(cls_scores, self.num_classes, "cls_scores")
-        box = flatten_levels(bbox_preds, 4 * bins, "bbox_preds")
-        batch, num_priors = cls.shape[:2]
-        if box.shape[:2] != (batch, num_priors):
-            raise ValueError(f"`bbox_preds` give {box.shape[1]} anchors per image, `cls_scores` {num_priors}")
-        if len(targets) != batch:
-            raise ValueError(f"`targets` has {len(targets)} images, the outputs have {batch}")
+        cls, box, _ = self.flatten_outputs(targets, cls_scores, bbox_preds, box_channels=4 * bins)
         t = atss_targets(self.anchor_generator, self.assigner, cls_scores, targets, priors, image_size)
         counts = [int(m.shape[-2] * m.shape[-1]) for m in cls_scores]
         stride = torch.repeat_interleave(t.anchors.new_tensor(self.strides), torch.tensor(counts, device=cls.device))

@@ -15,7 +15,7 @@ from lightning_losses.boxes.targets import pad_targets
 from lightning_losses.losses.base import LossMetric
 from lightning_losses.losses.classification import FocalLoss
 from lightning_losses.losses.regression import L1Loss, SmoothL1Loss
-from lightning_losses.presets.base import DenseCriterion, flatten_levels, gather_boxes, onehot_targets
+from lightning_losses.presets.base import DenseCriterion, gather_boxes, onehot_targets
 
 __all__ = ["RetinaNetCriterion"]
 
@@ -128,14 +128,8 @@ class RetinaNetCriterion(DenseCriterion):
         priors: Tensor | None = None,
     ) -> dict[str, Tensor]:
         """Return ``loss_cls`` and ``loss_bbox`` for one batch."""
-        self.check_levels(cls_scores=cls_scores, bbox_preds=bbox_preds)
-        cls = flatten_levels(cls_scores, self.num_classes, "cls_scores")
-        box = flatten_levels(bbox_preds, 4, "bbox_preds")
+        cls, box, _ = self.flatten_outputs(targets, cls_scores, bbox_preds)
         batch, num_priors = cls.shape[:2]
-        if box.shape[:2] != (batch, num_priors):
-            raise ValueError(f"`bbox_preds` give {box.shape[1]} priors per image, `cls_scores` {num_priors}")
-        if len(targets) != batch:
-            raise ValueError(f"`targets` has {len(targets)} images, the outputs have {batch}")
         device = cls.device
         prior_mask = None
         if priors is None:
