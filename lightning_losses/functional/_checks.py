@@ -65,8 +65,10 @@ def check_weight(weight: Tensor | None, loss_shape: torch.Size, name: str = "wei
         return
     check_tensor(weight, name)
     try:
-        torch.broadcast_shapes(weight.shape, loss_shape)
+        shape = torch.broadcast_shapes(weight.shape, loss_shape)
     except RuntimeError:
+        shape = None
+    if shape != loss_shape:  # a weight may broadcast over the loss, never enlarge it
         raise ValueError(
             f"`{name}` of shape {tuple(weight.shape)} does not broadcast to the loss of shape {tuple(loss_shape)}"
-        ) from None
+        )

@@ -7,6 +7,8 @@ import math
 import torch
 from torch import Tensor
 
+from lightning_losses.functional._checks import check_weight
+
 __all__ = ["REDUCTIONS", "check_reduction", "reduce_loss", "reduction_divisor", "weight_reduce_loss"]
 
 REDUCTIONS = ("none", "mean", "sum")
@@ -91,6 +93,7 @@ def weight_reduce_loss(
     """
     divisor = reduction_divisor(loss.numel(), reduction, avg_factor)
     if weight is not None:
+        check_weight(weight, loss.shape)
         loss = loss * weight
     if divisor is None:
         return loss

@@ -124,3 +124,26 @@ def test_avg_factor_of_wrong_type_raises(avg_factor):
     """avg_factor is a number or a scalar tensor (bool is not a number here)."""
     with pytest.raises(TypeError, match="avg_factor"):
         weight_reduce_loss(torch.ones(3), reduction="mean", avg_factor=avg_factor)
+
+
+@pytest.mark.parametrize("weight_shape", [(3, 1), (2, 3), (4,)])
+def test_weight_that_would_enlarge_or_mismatch_the_loss_raises(weight_shape):
+    """A (3, 1) weight on a (3,) loss broadcasts to (3, 3): torch would accept it, the loss shape must not change."""
+    with pytest.raises(ValueError, match=r"`weight` of shape .* does not broadcast to the loss of shape \(3,\)"):
+        weight_reduce_loss(torch.ones(3), torch.ones(weight_shape), "mean")
+
+
+@pytest.mark.parametrize("name", ["l1_loss", "giou_loss", "distribution_focal_loss", "cross_entropy"])
+def test_losses_reject_a_column_weight_on_per_row_losses(name):
+    """Per-row losses given an (N, 1) weight raise instead of returning an (N, N) grid."""
+    from lightning_losses import functional as LF
+
+    boxes = torch.tensor([[0.0, 0.0, 2.0, 2.0], [1.0, 1.0, 3.0, 4.0], [0.0, 1.0, 5.0, 2.0]])
+    args = {
+        "l1_loss": (torch.zeros(3), torch.ones(3)),
+        "giou_loss": (boxes, boxes.flip(0)),
+        "distribution_focal_loss": (torch.zeros(3, 5), torch.tensor([0.5, 1.0, 3.9])),
+        "cross_entropy": (torch.zeros(3, 4), torch.tensor([0, 1, 2])),
+    }[name]
+    with pytest.raises(ValueError, match="does not broadcast"):
+        getattr(LF, name)(*args, weight=torch.ones(3, 1), reduction="none")
