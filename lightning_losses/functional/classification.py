@@ -18,7 +18,8 @@ from lightning_losses.functional._checks import (
     check_tensor,
     check_weight,
 )
-from lightning_losses.functional.fused import fused_quality_focal_loss, fused_sigmoid_focal_loss, run_kernel
+from lightning_losses.functional.fused import fused_quality_focal_loss, fused_sigmoid_focal_loss
+from lightning_losses.functional.fused_rows import fused_rowwise_loss
 from lightning_losses.functional.reduction import reduction_divisor, weight_reduce_loss
 
 __all__ = [
@@ -493,18 +494,33 @@ def distribution_focal_loss(
             f"`target` must have shape ({pred.shape[0]},) for `pred` of shape {tuple(pred.shape)}, "
             f"got {tuple(target.shape)}"
         )
-    loss = run_kernel(_dfl_elementwise, pred.numel(), pred, target.to(pred.dtype))
-    check_weight(weight, loss.shape)
-    return weight_reduce_loss(loss, weight, reduction, avg_factor)
+    check_weight(weight, pred.shape[:1])
+    divisor = reduction_divisor(pred.shape[0], reduction, avg_factor)
+    return fused_rowwise_loss(_dfl_elementwise, pred, target, weight=weight, divisor=divisor, grad_fn=_dfl_grad)
 
 
-def _dfl_elementwise(pred: Tensor, target: Tensor) -> Tensor:
+def _dfl_bins(pred: Tensor, target: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The two bins around each target (the right one clamped to the last bin) and their weights."""
     left = target.long()
     weight_left = (left + 1).to(pred.dtype) - target
     weight_right = target - left.to(pred.dtype)
     right = (left + 1).clamp(max=pred.shape[1] - 1)
-    log_prob = F.log_softmax(pred, dim=1)
-    return -(
-        log_prob.gather(1, left.unsqueeze(1)).squeeze(1) * weight_left
-        + log_prob.gather(1, right.unsqueeze(1)).squeeze(1) * weight_right
-    )
+    return left[:, None], right[:, None], weight_left, weight_right
+
+
+def _dfl_elementwise(pred: Tensor, target: Tensor) -> Tensor:
+    r""":math:`w_l(\mathrm{lse}(x) - x_{y_l}) + w_r(\mathrm{lse}(x) - x_{y_r})`, the two cross-entropies."""
+    left, right, weight_left, weight_right = _dfl_bins(pred, target)
+    lse = torch.logsumexp(pred, dim=1)
+    left_term = (lse - pred.gather(1, left).squeeze(1)) * weight_left
+    return left_term + (lse - pred.gather(1, right).squeeze(1)) * weight_right
+
+
+def _dfl_grad(pred: Tensor, target: Tensor, grad_out: Tensor) -> Tensor:
+    r"""Gradient of :func:`_dfl_elementwise`:
+    :math:`g\,((w_l + w_r)\,\mathrm{softmax}(x) - w_l e_{y_l} - w_r e_{y_r})`."""
+    left, right, weight_left, weight_right = _dfl_bins(pred, target)
+    bins = torch.arange(pred.shape[1], device=pred.device)
+    onehots = (bins == left) * weight_left[:, None] + (bins == right) * weight_right[:, None]
+    softmax = torch.softmax(pred, dim=1) * (weight_left + weight_right)[:, None]
+    return (softmax - onehots) * grad_out[:, None]

@@ -53,11 +53,12 @@ def run_kernel(fn: Callable[..., Tensor], numel: int, *args: Any, min_elements: 
 
 
 def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) or not dtype.is_floating_point else dtype
 
 
-def _chunk_rows(row_size: int) -> int:
-    return max(1, _CHUNK_ELEMENTS // max(row_size, 1))
+def _chunk_rows(row_size: int, fraction: int = 1) -> int:
+    """Rows per chunk: ``1/fraction`` of the chunk budget."""
+    return max(1, _CHUNK_ELEMENTS // fraction // max(row_size, 1))
 
 
 def _pow(q: Tensor, gamma: float) -> Tensor:

@@ -8,22 +8,29 @@ boxes are computed in float32 (area products overflow fp16 past ~256 px).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor
 
-from lightning_losses.functional._checks import check_boxes, check_same_shape
-from lightning_losses.functional.fused import run_kernel as _run
-from lightning_losses.functional.reduction import weight_reduce_loss
+from lightning_losses.functional._checks import check_boxes, check_same_shape, check_weight
+from lightning_losses.functional.fused_rows import fused_rowwise_loss
+from lightning_losses.functional.reduction import reduction_divisor
 
 __all__ = [
     "IOU_LOSS_MODES",
     "OVERLAP_MODES",
     "bbox_overlaps",
+    "ciou_kernel",
     "ciou_loss",
+    "diou_kernel",
     "diou_loss",
+    "giou_kernel",
     "giou_loss",
+    "iou_kernel",
     "iou_loss",
+    "reduce_box_loss",
 ]
 
 OVERLAP_MODES = ("iou", "iof", "giou", "diou", "ciou")
@@ -157,6 +164,43 @@ def _check_pair(pred: Tensor, target: Tensor) -> None:
     check_same_shape(pred, target)
 
 
+def reduce_box_loss(
+    kernel: Callable[..., Tensor],
+    pred: Tensor,
+    target: Tensor,
+    weight: Tensor | None,
+    reduction: str,
+    avg_factor: float | Tensor | None,
+    *args: Any,
+    loss_weight: float = 1.0,
+    zero_weight_shortcut: bool = False,
+) -> Tensor:
+    """``loss_weight`` times a per-box kernel (``iou_kernel`` …), weighted and reduced by the package's rule
+    inside the low-memory row kernel (:func:`~lightning_losses.functional.fused_rows.fused_rowwise_loss`).
+
+    ``zero_weight_shortcut`` applies MMDetection's box-loss rule to scalar reductions: where ``weight`` has no
+    positive entry the result is ``(pred * weight).sum()`` without ``loss_weight``, decided on the device.
+    """
+    _check_pair(pred, target)
+    shape = pred.shape[:-1]
+    check_weight(weight, shape)
+    if weight is not None:
+        weight = weight.expand(shape).reshape(-1)
+    divisor = reduction_divisor(shape.numel(), reduction, avg_factor)
+    loss = fused_rowwise_loss(
+        kernel,
+        pred.reshape(-1, 4),
+        target.reshape(-1, 4),
+        *args,
+        weight=weight,
+        divisor=divisor,
+        scale=loss_weight,
+        zero_weight_shortcut=zero_weight_shortcut,
+        min_elements=_BOX_MIN,
+    )
+    return loss if divisor is not None else loss.reshape(shape)
+
+
 def iou_loss(
     pred: Tensor,
     target: Tensor,
@@ -190,12 +234,11 @@ def iou_loss(
     """
     if mode not in IOU_LOSS_MODES:
         raise ValueError(f"`mode` must be one of {IOU_LOSS_MODES}, got {mode!r}")
-    _check_pair(pred, target)
-    loss = _run(_iou_elementwise, pred.numel(), _upcast(pred), _upcast(target), mode, eps, min_elements=_BOX_MIN)
-    return weight_reduce_loss(loss, weight, reduction, avg_factor)
+    return reduce_box_loss(iou_kernel, pred, target, weight, reduction, avg_factor, mode, eps)
 
 
-def _iou_elementwise(pred: Tensor, target: Tensor, mode: str, eps: float) -> Tensor:
+def iou_kernel(pred: Tensor, target: Tensor, mode: str, eps: float) -> Tensor:
+    """Per-box core of :func:`iou_loss` on aligned float boxes: no checks, no weighting, no reduction."""
     ious = _overlaps(pred, target, "iou", 1e-6).clamp(min=eps)
     if mode == "linear":
         return 1 - ious
@@ -229,12 +272,11 @@ def giou_loss(
 
     Reference: Rezatofighi et al., *Generalized Intersection over Union*, CVPR 2019.
     """
-    _check_pair(pred, target)
-    loss = _run(_giou_elementwise, pred.numel(), _upcast(pred), _upcast(target), eps, min_elements=_BOX_MIN)
-    return weight_reduce_loss(loss, weight, reduction, avg_factor)
+    return reduce_box_loss(giou_kernel, pred, target, weight, reduction, avg_factor, eps)
 
 
-def _giou_elementwise(pred: Tensor, target: Tensor, eps: float) -> Tensor:
+def giou_kernel(pred: Tensor, target: Tensor, eps: float) -> Tensor:
+    """Per-box core of :func:`giou_loss` (aligned float boxes, no checks or reduction)."""
     return 1 - _overlaps(pred, target, "giou", eps)
 
 
@@ -274,12 +316,11 @@ def diou_loss(
 
     Reference: Zheng et al., *Distance-IoU Loss*, AAAI 2020.
     """
-    _check_pair(pred, target)
-    loss = _run(_diou_elementwise, pred.numel(), _upcast(pred), _upcast(target), eps, min_elements=_BOX_MIN)
-    return weight_reduce_loss(loss, weight, reduction, avg_factor)
+    return reduce_box_loss(diou_kernel, pred, target, weight, reduction, avg_factor, eps)
 
 
-def _diou_elementwise(pred: Tensor, target: Tensor, eps: float) -> Tensor:
+def diou_kernel(pred: Tensor, target: Tensor, eps: float) -> Tensor:
+    """Per-box core of :func:`diou_loss` (aligned float boxes, no checks or reduction)."""
     ious, penalty = _distance_iou(pred, target, eps)
     return 1 - ious + penalty
 
@@ -315,12 +356,11 @@ def ciou_loss(
 
     Reference: Zheng et al., *Distance-IoU Loss*, AAAI 2020.
     """
-    _check_pair(pred, target)
-    loss = _run(_ciou_elementwise, pred.numel(), _upcast(pred), _upcast(target), eps, min_elements=_BOX_MIN)
-    return weight_reduce_loss(loss, weight, reduction, avg_factor)
+    return reduce_box_loss(ciou_kernel, pred, target, weight, reduction, avg_factor, eps)
 
 
-def _ciou_elementwise(pred: Tensor, target: Tensor, eps: float) -> Tensor:
+def ciou_kernel(pred: Tensor, target: Tensor, eps: float) -> Tensor:
+    """Per-box core of :func:`ciou_loss` (aligned float boxes, no checks or reduction)."""
     ious, penalty = _distance_iou(pred, target, eps)
     v = _aspect_term(pred, target, eps)
     with torch.no_grad():

@@ -142,8 +142,8 @@ def zero_weight_shortcut(loss: Tensor, pred: Tensor, weight: Tensor | None) -> T
     """
     if weight is None:
         return loss
-    expanded = weight.unsqueeze(1) if pred.dim() == weight.dim() + 1 else weight
-    shortcut = (pred * expanded).sum()
+    # Σ_i w_i Σ_k pred_ik for a per-row weight: no pred-sized temporary in the forward.
+    shortcut = (pred.sum(-1) * weight).sum() if pred.dim() == weight.dim() + 1 else (pred * weight).sum()
     has_positive = (weight > 0).any()
     if loss.ndim == 0:
         return torch.where(has_positive, loss, shortcut.to(loss.dtype))

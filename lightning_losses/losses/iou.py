@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from torch import Tensor
 
 from lightning_losses.functional._checks import check_finite
-from lightning_losses.functional.iou import IOU_LOSS_MODES, ciou_loss, diou_loss, giou_loss, iou_loss
+from lightning_losses.functional.iou import (
+    IOU_LOSS_MODES,
+    ciou_kernel,
+    diou_kernel,
+    giou_kernel,
+    iou_kernel,
+    reduce_box_loss,
+)
 from lightning_losses.losses.base import LossMetric, zero_weight_shortcut
 
 __all__ = ["CIoULoss", "DIoULoss", "GIoULoss", "IoULoss"]
@@ -25,7 +33,7 @@ def _box_weight(weight: Tensor | None, pred: Tensor) -> Tensor | None:
 class _BoxLoss(LossMetric):
     """Shared forward of the IoU-family losses: checks, the zero-weight shortcut, (N, 4) weights."""
 
-    _function: Callable[..., Tensor]
+    _kernel: Callable[..., Tensor]
     _shortcut_on_none = True
 
     def __init__(
@@ -52,20 +60,26 @@ class _BoxLoss(LossMetric):
             check_finite(pred, "pred")
             check_finite(target, "target")
         box_weight = _box_weight(weight, pred)
-        loss = self.loss_weight * self._box_loss(pred, target, box_weight, avg_factor, reduction)
-        if reduction == "none" and not self._shortcut_on_none:
+        # Scalar reductions with a per-box weight take MMDetection's zero-weight rule inside the row kernel
+        # (one gradient path to `pred`); element-wise results and (N, 4) weights apply it here.
+        fold = reduction != "none" and weight is not None and weight.dim() < pred.dim()
+        loss = reduce_box_loss(
+            type(self)._kernel,
+            pred,
+            target,
+            box_weight,
+            reduction,
+            avg_factor,
+            *self._kernel_args(),
+            loss_weight=self.loss_weight,
+            zero_weight_shortcut=fold,
+        )
+        if fold or (reduction == "none" and not self._shortcut_on_none):
             return loss
         return zero_weight_shortcut(loss, pred, weight)
 
-    def _box_loss(
-        self,
-        pred: Tensor,
-        target: Tensor,
-        weight: Tensor | None,
-        avg_factor: float | Tensor | None,
-        reduction: str,
-    ) -> Tensor:
-        return type(self)._function(pred, target, weight, eps=self.eps, reduction=reduction, avg_factor=avg_factor)
+    def _kernel_args(self) -> tuple[Any, ...]:
+        return (self.eps,)
 
     def extra_repr(self) -> str:
         return f"eps={self.eps}, {super().extra_repr()}"
@@ -100,6 +114,7 @@ class IoULoss(_BoxLoss):
     Reference: Yu et al., *UnitBox*, ACM MM 2016.
     """
 
+    _kernel = staticmethod(iou_kernel)
     _shortcut_on_none = False
 
     def __init__(
@@ -115,15 +130,8 @@ class IoULoss(_BoxLoss):
             raise ValueError(f"`mode` must be one of {IOU_LOSS_MODES}, got {mode!r}")
         self.mode = mode
 
-    def _box_loss(
-        self,
-        pred: Tensor,
-        target: Tensor,
-        weight: Tensor | None,
-        avg_factor: float | Tensor | None,
-        reduction: str,
-    ) -> Tensor:
-        return iou_loss(pred, target, weight, self.mode, self.eps, reduction, avg_factor)
+    def _kernel_args(self) -> tuple[Any, ...]:
+        return (self.mode, self.eps)
 
     def extra_repr(self) -> str:
         return f"mode={self.mode!r}, {super().extra_repr()}"
@@ -150,7 +158,7 @@ class GIoULoss(_BoxLoss):
     Reference: Rezatofighi et al., *Generalized Intersection over Union*, CVPR 2019.
     """
 
-    _function = staticmethod(giou_loss)
+    _kernel = staticmethod(giou_kernel)
 
 
 class DIoULoss(_BoxLoss):
@@ -173,7 +181,7 @@ class DIoULoss(_BoxLoss):
     Reference: Zheng et al., *Distance-IoU Loss*, AAAI 2020.
     """
 
-    _function = staticmethod(diou_loss)
+    _kernel = staticmethod(diou_kernel)
 
 
 class CIoULoss(_BoxLoss):
@@ -197,4 +205,4 @@ class CIoULoss(_BoxLoss):
     Reference: Zheng et al., *Distance-IoU Loss*, AAAI 2020.
     """
 
-    _function = staticmethod(ciou_loss)
+    _kernel = staticmethod(ciou_kernel)

@@ -1,0 +1,172 @@
+"""Low-memory per-row losses (IoU family, DFL): an autograd Function that saves only its inputs.
+
+Written as plain tensor code, a box loss keeps a few dozen ``(N,)`` intermediates alive for backward.
+Here the forward runs a per-row kernel chunk by chunk under no graph, and the backward recomputes,
+chunk by chunk, either a closed-form gradient or the kernel's vector-Jacobian product
+(:func:`torch.func.vjp`), which ``torch.compile`` turns into one loop from the inputs to the gradient.
+Weighting and the reduction happen inside, so the reduced path never holds a per-row tensor either.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from lightning_losses.functional.fused import COMPILE_MIN_ELEMENTS, _chunk_rows, _compute_dtype, run_kernel
+
+__all__ = ["fused_rowwise_loss", "vjp_kernel"]
+
+# A quarter of the chunk budget: a compiled vector-Jacobian product still writes about fifteen per-row
+# buffers (one per slice of a box's coordinates), and eagerly every intermediate is one.
+_ROW_CHUNK_FRACTION = 4
+_vjp_kernels: dict[Callable[..., Tensor], Callable[..., Tensor]] = {}
+
+
+def vjp_kernel(fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
+    """``(pred, target, grad_out, *args) -> grad_out · ∂fn(pred, target, *args)/∂pred``, one function per ``fn``.
+
+    Traced by ``torch.compile`` (through :mod:`torch.func`), the forward and its derivative become one
+    fused loop that reads the inputs and writes the gradient; eagerly it recomputes the kernel's
+    intermediates for one chunk at a time.
+    """
+    kernel = _vjp_kernels.get(fn)
+    if kernel is None:
+
+        def kernel(pred: Tensor, target: Tensor, grad_out: Tensor, *args: Any) -> Tensor:
+            _, pullback = torch.func.vjp(lambda p: fn(p, target, *args), pred)
+            return pullback(grad_out)[0]
+
+        kernel.__name__ = f"{fn.__name__}_vjp"
+        _vjp_kernels[fn] = kernel
+    return kernel
+
+
+class _RowwiseLoss(torch.autograd.Function):
+    """``scale · Σ w·fn(pred, target) / divisor`` (or ``w·fn`` per row) with backward from the inputs only.
+
+    With ``shortcut`` (a weight and a divisor given), MMDetection's box-loss rule is folded in: where no
+    weight is positive the result is ``Σ_i w_i Σ_k pred_ik`` instead, chosen on the device. One autograd
+    node then carries both branches, so backward writes a single ``pred``-sized gradient.
+    """
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any,
+        fn: Callable[..., Tensor],
+        grad_fn: Callable[..., Tensor],
+        min_elements: int,
+        weight: Tensor | None,
+        divisor: float | Tensor | None,
+        scale: float,
+        shortcut: bool,
+        pred: Tensor,
+        target: Tensor,
+        *args: Any,
+    ) -> Tensor:
+        dtype = _compute_dtype(pred.dtype)
+        rows = pred.shape[0]
+        step = _chunk_rows(pred[0].numel() if rows else 1, _ROW_CHUNK_FRACTION)
+        total = torch.zeros((), dtype=dtype, device=pred.device)
+        weight_sum = torch.zeros((), dtype=dtype, device=pred.device)
+        out = None if divisor is not None else torch.empty(rows, dtype=dtype, device=pred.device)
+        for start in range(0, rows, step):
+            stop = min(start + step, rows)
+            x, t = pred[start:stop].to(dtype), target[start:stop].to(dtype)
+            loss = run_kernel(fn, pred.numel(), x, t, *args, min_elements=min_elements)
+            if weight is not None:
+                loss = loss * weight[start:stop]
+                if shortcut:
+                    weight_sum += (x.reshape(stop - start, -1).sum(-1) * weight[start:stop]).sum()
+            if out is None:
+                total += loss.sum()
+            else:
+                out[start:stop] = loss * scale
+        has_positive = (weight > 0).any() if shortcut else None
+        ctx.save_for_backward(pred, target, weight, divisor if isinstance(divisor, Tensor) else None, has_positive)
+        ctx.divisor, ctx.scale, ctx.grad_fn, ctx.min_elements, ctx.args = divisor, scale, grad_fn, min_elements, args
+        if out is not None:
+            return out
+        loss = scale * (total / divisor)
+        return loss if has_positive is None else torch.where(has_positive, loss, weight_sum)
+
+    @staticmethod
+    def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+        pred, target, weight, divisor_tensor, has_positive = ctx.saved_tensors
+        divisor = divisor_tensor if divisor_tensor is not None else ctx.divisor
+        dtype = _compute_dtype(pred.dtype)
+        grad = torch.empty_like(pred)
+        rows = pred.shape[0]
+        step = _chunk_rows(pred[0].numel() if rows else 1, _ROW_CHUNK_FRACTION)
+        upstream = grad_out.to(dtype)
+        reduced = upstream * ctx.scale / divisor if divisor is not None else None
+        for start in range(0, rows, step):
+            stop = min(start + step, rows)
+            x, t = pred[start:stop].to(dtype), target[start:stop].to(dtype)
+            g = reduced.expand(stop - start) if reduced is not None else upstream[start:stop] * ctx.scale
+            if weight is not None:
+                g = g * weight[start:stop]
+            chunk = run_kernel(ctx.grad_fn, pred.numel(), x, t, g, *ctx.args, min_elements=ctx.min_elements)
+            if has_positive is not None:
+                shape = (stop - start,) + (1,) * (pred.dim() - 1)
+                chunk = torch.where(has_positive, chunk, (upstream * weight[start:stop]).reshape(shape).expand_as(x))
+            grad[start:stop] = chunk
+        return (None, None, None, None, None, None, None, grad, None, *(None for _ in ctx.args))
+
+
+def fused_rowwise_loss(
+    fn: Callable[..., Tensor],
+    pred: Tensor,
+    target: Tensor,
+    *args: Any,
+    weight: Tensor | None = None,
+    divisor: float | Tensor | None = None,
+    scale: float = 1.0,
+    zero_weight_shortcut: bool = False,
+    grad_fn: Callable[..., Tensor] | None = None,
+    min_elements: int = COMPILE_MIN_ELEMENTS,
+) -> Tensor:
+    """``scale · w · fn(pred, target, *args)`` per row of ``pred``, summed and divided by ``divisor`` if given,
+    through a low-memory autograd Function.
+
+    Backward saves only the inputs and computes the gradient chunk by chunk with
+    ``grad_fn(pred, target, grad_out, *args)`` (a closed form), or by default the vector-Jacobian product
+    of ``fn`` (:func:`vjp_kernel`), so no intermediate of ``fn`` outlives the forward. Both run through
+    :func:`~lightning_losses.functional.fused.run_kernel` (compiled from ``min_elements`` elements).
+    Half-precision inputs are computed in float32 and the loss is float32. Where ``target`` or
+    ``weight`` needs a gradient too, the same formula runs under plain autograd.
+
+    Args:
+        fn: ``(pred rows, target rows, *args) -> (rows,)`` loss kernel.
+        pred: ``(N, ...)`` predictions.
+        target: ``(N, ...)`` targets, sliced along with ``pred``.
+        args: non-tensor arguments of ``fn``.
+        weight: per-row weight, broadcast to ``(N,)``.
+        divisor: reduce to ``scale · Σ w·ℓ / divisor`` (from :func:`reduction_divisor`); ``None`` returns
+            ``scale · w·ℓ`` per row.
+        scale: multiplier of the loss (a module's ``loss_weight``).
+        zero_weight_shortcut: with a ``weight`` and a ``divisor``: where no weight is positive, return
+            ``Σ_i w_i Σ_k pred_ik`` without ``scale`` (MMDetection's box-loss rule), decided on the device.
+        grad_fn: closed-form gradient of ``fn`` with respect to ``pred``.
+        min_elements: compile threshold of ``run_kernel``.
+    """
+    if weight is not None:
+        weight = weight.expand(pred.shape[:1])
+    shortcut = zero_weight_shortcut and weight is not None and divisor is not None
+    if torch.is_grad_enabled() and (target.requires_grad or (weight is not None and weight.requires_grad)):
+        dtype = _compute_dtype(pred.dtype)
+        loss = fn(pred.to(dtype), target.to(dtype), *args)
+        loss = loss if weight is None else loss * weight
+        if divisor is None:
+            return loss * scale
+        loss = scale * (loss.sum() / divisor)
+        if not shortcut:
+            return loss
+        rows_sum = pred.to(dtype).reshape(pred.shape[0], -1).sum(-1)
+        return torch.where((weight > 0).any(), loss, (rows_sum * weight).sum())
+    if divisor is not None and not isinstance(divisor, Tensor):
+        divisor = float(divisor)
+    grad_fn = grad_fn or vjp_kernel(fn)
+    return _RowwiseLoss.apply(fn, grad_fn, min_elements, weight, divisor, float(scale), shortcut, pred, target, *args)

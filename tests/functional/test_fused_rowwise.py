@@ -1,0 +1,147 @@
+"""Low-memory row-wise kernels (IoU family, DFL) against the composite formulas written out op by op here."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from lightning_losses import functional as LF
+from lightning_losses.functional import fused
+from lightning_losses.functional.fused import COMPILE_ENV
+
+NAMES = ["iou_loss", "giou_loss", "diou_loss", "ciou_loss", "distribution_focal_loss"]
+
+
+def composite(name: str, p: torch.Tensor, t: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """The unfused per-row loss, every intermediate a separate op (MMDetection's formulas)."""
+    if name == "distribution_focal_loss":
+        left = t.long()
+        right = (left + 1).clamp(max=p.shape[1] - 1)
+        w_left, w_right = left + 1 - t, t - left
+        return (
+            F.cross_entropy(p, left, reduction="none") * w_left + F.cross_entropy(p, right, reduction="none") * w_right
+        )
+    area_p = (p[:, 2] - p[:, 0]) * (p[:, 3] - p[:, 1])
+    area_t = (t[:, 2] - t[:, 0]) * (t[:, 3] - t[:, 1])
+    iw = (torch.min(p[:, 2], t[:, 2]) - torch.max(p[:, 0], t[:, 0])).clamp(min=0)
+    ih = (torch.min(p[:, 3], t[:, 3]) - torch.max(p[:, 1], t[:, 1])).clamp(min=0)
+    inter = iw * ih
+    cw = (torch.max(p[:, 2], t[:, 2]) - torch.min(p[:, 0], t[:, 0])).clamp(min=0)
+    ch = (torch.max(p[:, 3], t[:, 3]) - torch.min(p[:, 1], t[:, 1])).clamp(min=0)
+    if name == "iou_loss":
+        return -(inter / (area_p + area_t - inter).clamp(min=1e-6)).clamp(min=eps).log()
+    if name == "giou_loss":
+        union = (area_p + area_t - inter).clamp(min=eps)
+        enclose = (cw * ch).clamp(min=eps)
+        return 1 - (inter / union - (enclose - union) / enclose)
+    iou = inter / (area_p + area_t - inter + eps)
+    rho2 = ((p[:, 0] + p[:, 2] - t[:, 0] - t[:, 2]) ** 2 + (p[:, 1] + p[:, 3] - t[:, 1] - t[:, 3]) ** 2) / 4
+    diou = iou - rho2 / (cw**2 + ch**2 + eps)
+    if name == "diou_loss":
+        return 1 - diou
+    wp, hp = p[:, 2] - p[:, 0], p[:, 3] - p[:, 1] + eps
+    wt, ht = t[:, 2] - t[:, 0], t[:, 3] - t[:, 1] + eps
+    v = (4 / math.pi**2) * (torch.atan(wt / ht) - torch.atan(wp / hp)) ** 2
+    with torch.no_grad():
+        alpha = (iou > 0.5).to(v.dtype) * v / (1 - iou + v).clamp(min=eps)
+    return 1 - (diou - alpha * v).clamp(-1, 1)
+
+
+def case(name: str, n: int = 203, seed: int = 0, dtype: torch.dtype = torch.float32):
+    gen = torch.Generator().manual_seed(seed)
+    if name == "distribution_focal_loss":
+        pred = 2 * torch.randn(n, 17, generator=gen, dtype=torch.float64)
+        target = torch.rand(n, generator=gen, dtype=torch.float64) * 16
+        target[: min(n, 3)] = torch.tensor([0.0, 16.0, 7.0], dtype=torch.float64)[: min(n, 3)]  # ends, a bin centre
+        return pred.to(dtype).requires_grad_(), target.to(dtype)
+    xy = torch.rand(n, 2, generator=gen, dtype=torch.float64) * 40
+    target = torch.cat([xy, xy + 4 + 30 * torch.rand(n, 2, generator=gen, dtype=torch.float64)], 1)
+    pred = target + 4 * torch.randn(n, 4, generator=gen, dtype=torch.float64)
+    pred[:, 2:] = torch.maximum(pred[:, 2:], pred[:, :2] + 0.5)
+    pred[:2] = target[:2]  # perfect predictions
+    return pred.to(dtype).requires_grad_(), target.to(dtype)
+
+
+@pytest.fixture(autouse=True)
+def _eager(monkeypatch):
+    monkeypatch.setenv(COMPILE_ENV, "0")
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_values_and_gradients_equal_the_composite_formula_over_many_chunks(name, monkeypatch):
+    monkeypatch.setattr(fused, "_CHUNK_ELEMENTS", 64)  # 16 boxes or 3 DFL rows per chunk, 203 rows
+    pred, target = case(name)
+    out = getattr(LF, name)(pred, target, reduction="none")
+    ref = composite(name, pred, target)
+    torch.testing.assert_close(out, ref)
+    upstream = torch.randn(out.shape, generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(torch.autograd.grad(out, pred, upstream)[0], torch.autograd.grad(ref, pred, upstream)[0])
+
+
+@pytest.mark.parametrize("name", ["iou_loss", "giou_loss", "diou_loss", "distribution_focal_loss"])
+def test_gradcheck_float64_through_the_row_kernel(name, monkeypatch):
+    """Target without a gradient: the Function's backward is the path checked (chunked)."""
+    monkeypatch.setattr(fused, "_CHUNK_ELEMENTS", 32)
+    pred, target = case(name, n=12, seed=2, dtype=torch.float64)
+    pred = pred.detach()[2:].requires_grad_()  # off the perfect predictions' kinks
+    target = target[2:]
+    weight = torch.rand(10, dtype=torch.float64)
+    fn = getattr(LF, name)
+    assert torch.autograd.gradcheck(lambda p: fn(p, target, weight=weight, avg_factor=3.0), (pred,))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_backward_keeps_only_the_inputs(name):
+    """Saved-tensor hooks count what autograd keeps: the inputs only, versus every intermediate of the composite."""
+    pred, target = case(name, n=64)
+    saved = []
+
+    def pack(t):
+        saved.append(t.numel())
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        getattr(LF, name)(pred, target)
+    assert sum(saved) == pred.numel() + target.numel()
+    saved.clear()
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        composite(name, pred, target).mean()
+    assert sum(saved) > 2 * (pred.numel() + target.numel())
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_computes_in_float32(name, dtype):
+    pred, target = case(name, n=50, seed=3, dtype=dtype)
+    out = getattr(LF, name)(pred, target, reduction="sum")
+    ref = composite(name, pred.detach().float().requires_grad_(), target.float())
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out, ref.sum())
+    (grad,) = torch.autograd.grad(out, pred)
+    assert grad.dtype == dtype
+    assert torch.isfinite(grad.float()).all()
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_target_with_a_gradient_gets_it(name):
+    """A target that requires grad (e.g. a predicted quality) takes plain autograd and receives its gradient."""
+    pred, target = case(name, n=40, seed=4, dtype=torch.float64)
+    target = target.requires_grad_()
+    out = getattr(LF, name)(pred, target, reduction="sum")
+    ref = composite(name, pred, target).sum()
+    grads = torch.autograd.grad(out, (pred, target))
+    ref_grads = torch.autograd.grad(ref, (pred, target))
+    for got, want in zip(grads, ref_grads, strict=True):
+        torch.testing.assert_close(got, want)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_empty_input_gives_zero_with_a_graph(name):
+    pred, target = case(name, n=0)
+    out = getattr(LF, name)(pred, target)
+    assert out.item() == 0.0
+    out.backward()
+    assert pred.grad.shape == pred.shape
