@@ -35,7 +35,7 @@ class SimOTAAssigner:
     each box takes its :math:`k = \max(1, \lfloor \sum \text{top-}\min(10, n)\ \mathrm{IoU} \rfloor)` cheapest
     candidates (:math:`n` = the image's candidates), and a prior claimed by several boxes keeps the cheapest.
     The cost is computed in float32 whatever the input dtype; images are processed in groups holding at
-    most ``max_elements`` (image, box, prior) triples.
+    most ``max_elements`` (image, box, prior) triples (one image at least).
 
     Args:
         style: ``"netspresso"`` or ``"mmdet"``.
@@ -53,7 +53,7 @@ class SimOTAAssigner:
         candidate_topk: int = 10,
         iou_weight: float = 3.0,
         cls_weight: float = 1.0,
-        max_elements: int = 1 << 24,
+        max_elements: int = 1 << 20,
     ) -> None:
         if style not in SIMOTA_STYLES:
             raise ValueError(f"`style` must be one of {SIMOTA_STYLES}, got {style!r}")
@@ -93,7 +93,7 @@ class SimOTAAssigner:
         """
         batch, num_priors = pred_boxes.shape[:2]
         num_gts = gts.mask.shape[1]
-        group = max(1, self.max_elements // max(num_gts * num_priors * 4, 1))
+        group = max(1, self.max_elements // max(num_gts * num_priors, 1))
         parts = [
             self._assign(
                 pred_boxes[s : s + group].float(),

@@ -22,6 +22,11 @@ __all__ = ["YOLOXCriterion"]
 YOLOXOutputs = Sequence[Tensor] | Sequence[Sequence[Tensor]]
 
 
+def _take(x: Tensor, rows: Tensor) -> Tensor:
+    """``x`` ``(B, P, D)`` at ``rows`` ``(B, K)`` → ``(B, K, D)``."""
+    return x.gather(1, rows[..., None].expand(-1, -1, x.shape[-1]))
+
+
 class YOLOXCriterion(DenseCriterion):
     r"""YOLOX's loss terms with SimOTA assignment, equal to NetsPresso Trainer's ``yolox_loss``.
 
@@ -74,7 +79,7 @@ class YOLOXCriterion(DenseCriterion):
         loss_obj: LossMetric | Mapping[str, Any] | None = None,
         loss_cls: LossMetric | Mapping[str, Any] | None = None,
         loss_l1: LossMetric | Mapping[str, Any] | None = None,
-        max_assign_elements: int = 1 << 24,
+        max_assign_elements: int = 1 << 20,
     ) -> None:
         super().__init__(num_classes, strides if strides is not None else (1,))
         self.derive_strides = strides is None
@@ -169,34 +174,44 @@ class YOLOXCriterion(DenseCriterion):
         positive = assign.positive
         (num_pos,) = self.average_over_ranks(positive.sum())
         num_pos = num_pos.clamp(min=1.0)
+        loss_obj = self.loss_obj(obj.reshape(-1), positive.reshape(-1).to(obj.dtype), avg_factor=num_pos)
 
-        matched = gather_boxes(gts.boxes, assign.matched)
-        pos_weight = positive.to(raw.dtype)
-        # Negatives compare their matched (dummy) box with itself: a negative whose decoded box overflows
+        # Box, class and L1 terms score positives only. Each box takes at most `candidate_topk` priors, so
+        # an image has at most topk·G positives: gathering that many rows (positives first) bounds the work
+        # and memory without reading the count back to the host; the rows past the positives weigh 0.
+        bound = min(raw.shape[1], self.assigner.candidate_topk * gts.mask.shape[1])
+        rows = torch.sort((~positive).to(torch.uint8), dim=1, stable=True).indices[:, :bound]  # (B, K)
+        valid = positive.gather(1, rows)
+        weight = valid.to(raw.dtype).reshape(-1)
+        row_stride = stride[rows][..., None]
+        row_boxes = _take(pred_boxes, rows)
+        matched = gather_boxes(gts.boxes, assign.matched.gather(1, rows))
+        # Rows past the positives compare their (dummy) box with itself: a prior whose decoded box overflows
         # must not turn the weighted sum into NaN (0 · NaN); NetsPresso scores positives only.
-        scored_boxes = torch.where(positive[..., None], pred_boxes, matched)
+        scored_boxes = torch.where(valid[..., None], row_boxes, matched)
         loss_bbox = self.loss_bbox(
-            scored_boxes.reshape(-1, 4), matched.reshape(-1, 4), weight=pos_weight.reshape(-1), avg_factor=num_pos
+            scored_boxes.reshape(-1, 4), matched.reshape(-1, 4), weight=weight, avg_factor=num_pos
         )
-        loss_obj = self.loss_obj(obj.reshape(-1), pos_weight.reshape(-1).to(obj.dtype), avg_factor=num_pos)
-        cls_target = onehot_targets(assign.labels, self.num_classes, cls.dtype) * assign.max_overlaps[..., None]
+        labels = assign.labels.gather(1, rows)
+        cls_target = (
+            onehot_targets(labels, self.num_classes, cls.dtype) * assign.max_overlaps.gather(1, rows)[..., None]
+        )
         loss_cls = self.loss_cls(
-            cls.reshape(-1, self.num_classes),
+            _take(cls, rows).reshape(-1, self.num_classes),
             cls_target.reshape(-1, self.num_classes).to(cls.dtype),
-            weight=pos_weight.reshape(-1, 1),
+            weight=weight[:, None],
             avg_factor=num_pos,
         )
         if self.use_l1:
+            row_raw = _take(raw, rows)
             gt_center = (matched[..., :2] + matched[..., 2:]) / 2
             gt_size = matched[..., 2:] - matched[..., :2]
-            l1_target = torch.cat(
-                [gt_center / stride[:, None] - grid, torch.log(gt_size / stride[:, None] + 1e-8)], dim=-1
-            )
-            l1_target = torch.where(positive[..., None], l1_target, raw.detach())
+            l1_target = torch.cat([gt_center / row_stride - grid[rows], torch.log(gt_size / row_stride + 1e-8)], dim=-1)
+            l1_target = torch.where(valid[..., None], l1_target, row_raw.detach())
             loss_l1 = self.loss_l1(
-                raw.reshape(-1, 4),
+                row_raw.reshape(-1, 4),
                 l1_target.reshape(-1, 4),
-                weight=pos_weight[..., None].expand(-1, -1, 4).reshape(-1, 4),
+                weight=weight[:, None].expand(-1, 4),
                 avg_factor=num_pos,
             )
         else:
