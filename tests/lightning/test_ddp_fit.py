@@ -43,3 +43,11 @@ def test_logging_adds_no_collective_and_the_criterion_exactly_one(ranks):
         assert rank["collectives"], "no step recorded"
         for step in rank["collectives"]:
             assert step == {"all_reduce": 1}
+
+
+def test_epoch_end_sync_is_one_gather_per_state_of_each_logged_metric(ranks):
+    """After the last step Lightning computes the 5 logged metrics (4 terms and the total): one all_gather for each
+    of their 2 states (torchmetrics puts a barrier before each gather), no all-reduce and nothing else."""
+    for rank in ranks:
+        assert rank["epoch_end"].get("all_gather") == 2 * len(TERMS)
+        assert set(rank["epoch_end"]) <= {"all_gather", "barrier"}

@@ -1,7 +1,8 @@
 """A 2-rank CPU `ddp_spawn` fit of the tiny YOLOX model where ranks see different data.
 
-Each rank writes its per-step term values, the collectives it made during each training step and,
-after fit, the epoch values Lightning logged. Run: python ddp_fit.py OUT_DIR.
+Each rank writes its per-step term values, the collectives it made during each training step and
+after the last one (the epoch-end sync of the logged metrics), and, after fit, the epoch values
+Lightning logged. Run: python ddp_fit.py OUT_DIR.
 Used by tests/lightning/test_ddp_fit.py.
 """
 
@@ -14,11 +15,19 @@ from pathlib import Path
 import lightning as L
 import torch
 import torch.distributed as dist
+from torchmetrics import Metric
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "lightning"))
 from tiny import TinyYOLOX, loader
 
 COLLECTIVES = ("all_reduce", "all_gather", "all_gather_object", "broadcast", "reduce", "gather", "barrier")
+
+
+def _count(calls: list[str]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for name in calls:
+        counts[name] = counts.get(name, 0) + 1
+    return counts
 
 
 class CountingYOLOX(TinyYOLOX):
@@ -49,16 +58,22 @@ class CountingYOLOX(TinyYOLOX):
         self.calls.clear()
 
     def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
-        counts: dict[str, int] = {}
-        for name in self.calls:
-            counts[name] = counts.get(name, 0) + 1
-        self.per_step.append(counts)
+        self.per_step.append(_count(self.calls))
+        self.calls.clear()
 
     def on_train_end(self) -> None:
         for name, original in self._originals.items():
             setattr(dist, name, original)
+        epoch_end = _count(self.calls)  # made after the last step: Lightning computing the logged metrics
         logged = {k: float(v) for k, v in self.trainer.callback_metrics.items() if k.startswith("train/")}
-        result = {"returned": self.returned["train"], "collectives": self.per_step, "logged": logged}
+        states = sum(len(m._defaults) for m in self.trainer.lightning_module.modules() if isinstance(m, Metric))
+        result = {
+            "returned": self.returned["train"],
+            "collectives": self.per_step,
+            "epoch_end": epoch_end,
+            "logged": logged,
+            "metric_states": states,
+        }
         Path(self.out_dir, f"rank{self.global_rank}.json").write_text(json.dumps(result))
 
 
