@@ -39,6 +39,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import torch
 from baselines import load_netspresso
 from breakdown import breakdown
+from collectives import collectives_section
 from memory import MemoryResult, measure, start_forkserver
 from report import Row, StageRow, machine_info, render
 from timing import quartiles, thread_check, time_interleaved
@@ -84,7 +85,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
     parser.add_argument("--jobs", type=int, default=2, help="memory-measuring processes run at once")
-    parser.add_argument("--only", action="append", default=[], help="run workloads whose name contains this")
+    parser.add_argument(
+        "--only", action="append", default=[], help="run workloads whose name contains this ('ddp': the DDP fit)"
+    )
     parser.add_argument("--memory-timeout", type=float, default=900.0, help="seconds per memory process")
     return parser.parse_args(argv)
 
@@ -217,6 +220,7 @@ def main(argv: list[str] | None = None) -> None:
             rows += r
             stages += s
             gc.collect()
+    ddp = collectives_section() if not args.only or any("ddp" in s.lower() for s in args.only) else []
     load_end = os.getloadavg()
     check_end = thread_check(args.threads)
     changed = [k for k, v in machine_info().items() if k in ("git", "fused.py sha256") and v != machine[k]]
@@ -245,6 +249,8 @@ def main(argv: list[str] | None = None) -> None:
         notes,
         METHOD.format(threads=args.threads, rounds=rounds, wait_policy=os.environ["OMP_WAIT_POLICY"]),
     )
+    if ddp:
+        text = text.rstrip("\n") + "\n\n" + "\n".join(ddp)
     args.out.write_text(text)
     print(text)
     _log(f"wrote {args.out} in {elapsed / 60:.1f} min")
