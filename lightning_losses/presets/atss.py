@@ -165,7 +165,9 @@ class ATSSCriterion(DenseCriterion):
             weight=None if t.label_weight is None else t.label_weight.reshape(-1),
             avg_factor=avg_factor,
         )
-        decoded = self.coder.decode(t.anchors, box)
+        # Only positives are scored (MMDetection): negatives compare their dummy box with itself, so a
+        # non-finite prediction on a negative anchor cannot turn the weighted sum into NaN (0 · NaN).
+        decoded = torch.where(t.positive[..., None], self.coder.decode(t.anchors, box), t.boxes)
         loss_bbox = self.loss_bbox(
             decoded.reshape(-1, 4),
             t.boxes.reshape(-1, 4),

@@ -96,9 +96,11 @@ class GFLCriterion(DenseCriterion):
         stride = torch.repeat_interleave(t.anchors.new_tensor(self.strides), torch.tensor(counts, device=cls.device))
         centers = (t.anchors[:, :2] + t.anchors[:, 2:]) / 2 / stride[:, None]
         target_boxes = t.boxes / stride[:, None]
-        pred_boxes = distance2bbox(centers, integral(box, self.reg_max))
-
         positive = t.positive
+        # Only positives are scored (MMDetection): negatives get zero logits, so a non-finite prediction on a
+        # negative cell cannot turn the weighted box and DFL sums, or their gradients, into NaN (0 · NaN).
+        # Each term masks on its own, so their graphs share no saved tensor.
+        pred_boxes = distance2bbox(centers, integral(torch.where(positive[..., None], box, 0.0), self.reg_max))
         score = torch.where(
             positive, bbox_overlaps(pred_boxes.detach(), target_boxes, is_aligned=True), torch.zeros_like(cls[..., 0])
         )
@@ -118,7 +120,7 @@ class GFLCriterion(DenseCriterion):
         )
         corners = bbox2distance(centers, target_boxes, max_dis=self.reg_max, eps=0.1)
         loss_dfl = self.loss_dfl(
-            box.reshape(-1, bins),
+            torch.where(positive[..., None], box, 0.0).reshape(-1, bins),
             corners.reshape(-1),
             weight=weight[..., None].expand(-1, -1, 4).reshape(-1),
             avg_factor=4 * weight_sum,

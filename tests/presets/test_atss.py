@@ -196,3 +196,21 @@ def test_bad_inputs_raise_naming_the_argument():
         criterion(cls_scores, bbox_preds, centerness, targets[:1])
     with pytest.raises(ValueError, match=r"targets\[0\]\['labels'\]"):
         criterion(cls_scores, bbox_preds, centerness, [{"boxes": torch.zeros(2, 4), "labels": torch.zeros(3)}] * 2)
+
+
+def test_non_finite_deltas_on_negative_anchors_leave_box_terms_unchanged():
+    """MMDetection scores positive anchors only: NaN / overflowing deltas elsewhere change nothing (0 · NaN)."""
+    cls_scores, bbox_preds, centerness, targets, _ = _inputs("seed0")
+    bbox_preds = [b.detach().requires_grad_() for b in bbox_preds]
+    clean = ATSSCriterion(C)(cls_scores, bbox_preds, centerness, targets)
+    grads = torch.autograd.grad(clean["loss_bbox"], bbox_preds)
+    broken = []
+    for b, g in zip(bbox_preds, grads, strict=True):
+        negative = (g == 0).all(dim=1, keepdim=True).expand_as(b)
+        poison = torch.where(torch.rand(b.shape) < 0.5, torch.full_like(b, float("nan")), torch.full_like(b, 1e38))
+        broken.append(torch.where(negative, poison, b.detach()).requires_grad_())
+    assert any((g == 0).all(dim=1).any() for g in grads)
+    got = ATSSCriterion(C)(cls_scores, broken, centerness, targets)
+    torch.testing.assert_close(got["loss_bbox"], clean["loss_bbox"])
+    for g_new, g_old in zip(torch.autograd.grad(got["loss_bbox"], broken), grads, strict=True):
+        torch.testing.assert_close(g_new, g_old)

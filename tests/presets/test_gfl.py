@@ -194,3 +194,21 @@ def test_bad_inputs_raise_naming_the_argument():
         criterion(cls_scores, bbox_preds, targets * 2)
     with pytest.raises(ValueError, match="reg_max"):
         GFLCriterion(C, reg_max=0)
+
+
+def test_non_finite_logits_on_negative_cells_leave_box_and_dfl_terms_unchanged():
+    """MMDetection scores positive cells only: NaN distribution logits elsewhere change neither term nor gradient."""
+    cls_scores, bbox_preds, targets, _ = _inputs("seed0")
+    bbox_preds = [b.detach().requires_grad_() for b in bbox_preds]
+    clean = GFLCriterion(C)(cls_scores, bbox_preds, targets)
+    grads = torch.autograd.grad(clean["loss_bbox"] + clean["loss_dfl"], bbox_preds)
+    broken = [
+        torch.where((g == 0).all(dim=1, keepdim=True), float("nan"), b.detach()).requires_grad_()
+        for b, g in zip(bbox_preds, grads, strict=True)
+    ]
+    got = GFLCriterion(C)(cls_scores, broken, targets)
+    for term in ("loss_bbox", "loss_dfl"):
+        torch.testing.assert_close(got[term], clean[term])
+    new_grads = torch.autograd.grad(got["loss_bbox"] + got["loss_dfl"], broken)
+    for g_new, g_old in zip(new_grads, grads, strict=True):
+        torch.testing.assert_close(g_new, g_old)
