@@ -72,6 +72,10 @@ class LossMetric(RecordsInit, Metric):
         reduction_override: str | None = None,
     ) -> Tensor:
         """Return the differentiable loss and add its detached value to the running mean."""
+        if self.validate_args and isinstance(avg_factor, Tensor) and avg_factor.numel() == 1:
+            value = float(avg_factor)  # host sync, only when asked for
+            if not math.isfinite(value) or value < 0:
+                raise ValueError(f"`avg_factor` must be finite and >= 0, got {value}")
         loss = self._loss(pred, target, weight, avg_factor, self.resolve_reduction(reduction_override))
         self.track(loss)
         return loss

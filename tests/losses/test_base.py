@@ -181,3 +181,13 @@ def test_unpickled_states_are_private_not_shared_memory():
     assert loss.loss_sum.item() == 1.0
     assert copy.loss_sum.item() == 6.0
     assert copy.compute().item() == 3.0
+
+
+@pytest.mark.parametrize("bad", [-5.0, float("nan"), float("inf")])
+def test_validate_args_checks_a_tensor_avg_factor(bad):
+    """A tensor avg_factor stays on its device by default; with validate_args=True a bad value raises."""
+    pred, target = torch.ones(3), torch.zeros(3)
+    with pytest.raises(ValueError, match=r"`avg_factor` must be finite and >= 0"):
+        L1Loss(validate_args=True)(pred, target, avg_factor=torch.tensor(bad))
+    good = L1Loss(validate_args=True)(pred, target, avg_factor=torch.tensor(2.0))
+    torch.testing.assert_close(good, torch.tensor(1.5))
