@@ -18,7 +18,7 @@ import lightning as L
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import WandbLogger
 
-from lightning_losses.lightning.mixin import STAGES
+from lightning_losses.lightning.mixin import STAGES, DetectionLossModule
 
 __all__ = ["LossesCLI", "SaveAndLogConfig", "main"]
 
@@ -31,8 +31,16 @@ class SaveAndLogConfig(SaveConfigCallback):
             if isinstance(logger, WandbLogger):
                 run = logger.experiment
                 run.config.update(self.config.as_dict(), allow_val_change=True)
-                for name in STAGES:
-                    run.define_metric(f"{name}/loss*", summary="min")
+                _minimum_summaries(run, pl_module)
+
+
+def _minimum_summaries(run: Any, pl_module: L.LightningModule) -> None:
+    """Loss summaries at their minimum. WandbLogger already defines ``*`` (with its step metric), and of two
+    matching globs W&B applies one at random, so the loss keys are defined by exact name where the model
+    can list them (:meth:`DetectionLossModule.loss_log_keys`); a glob per stage otherwise."""
+    keys = pl_module.loss_log_keys() if isinstance(pl_module, DetectionLossModule) else None
+    for key in keys or [f"{stage}/*loss*" for stage in STAGES]:
+        run.define_metric(key, step_metric="trainer/global_step", step_sync=True, summary="min")
 
 
 class LossesCLI(LightningCLI):

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import csv
+import json
 import os
+import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -64,6 +66,41 @@ def _fit(name: str, tmp_path: Path, *extra: str, config: Path | None = None) -> 
     return subprocess.run(command, cwd=tmp_path, env=_env(tmp_path), capture_output=True, text=True, timeout=300)
 
 
+def wandb_records(path: Path) -> list:
+    """The records of a W&B run file (LevelDB log format: 32 KiB blocks of crc32 / length / type chunks)."""
+    from wandb.proto import wandb_internal_pb2
+
+    data = path.read_bytes()
+    assert data[:4] == b":W&B"
+    records, pending, pos, block = [], b"", 7, 32768
+    while pos + 7 <= len(data):
+        if block - pos % block < 7:  # a block's tail too short for a chunk header is padding
+            pos += block - pos % block
+            continue
+        _, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
+        payload, pos = data[pos + 7 : pos + 7 + length], pos + 7 + length
+        if kind == 0:
+            pos += block - pos % block if pos % block else 0
+        elif kind in (1, 2):  # full, first
+            pending = payload
+        else:  # middle, last
+            pending += payload
+        if kind in (1, 4):
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(pending)
+            records.append(record)
+    return records
+
+
+def final_summary(path: Path) -> dict[str, object]:
+    summary: dict[str, object] = {}
+    for record in wandb_records(path):
+        if record.WhichOneof("record_type") == "summary":
+            for item in record.summary.update:
+                summary[item.key or "/".join(item.nested_key)] = json.loads(item.value_json)
+    return summary
+
+
 @pytest.mark.parametrize("name", sorted(TERMS))
 def test_config_fits_and_logs_every_term(name, tmp_path):
     """Exit 0, a W&B offline run on disk, and the CSV log holds every term per stage plus the metric."""
@@ -80,6 +117,13 @@ def test_config_fits_and_logs_every_term(name, tmp_path):
         assert f"val/{term}" in keys
     assert METRIC.get(name, "val/map_50") in keys
     assert "summary: epoch=1" in proc.stdout
+    summary = final_summary(next(log_dir.glob("wandb/offline-run-*/run-*.wandb")))
+    losses = {k: v for k, v in summary.items() if "/loss" in k}
+    assert len(losses) == 3 * len([*TERMS[name], "loss"])  # train _step and _epoch, val (no test stage ran)
+    for key, value in losses.items():
+        assert isinstance(value, dict), f"{key}: summary {value!r} is not its minimum"
+        assert set(value) == {"min"}, key
+    assert not isinstance(summary[METRIC.get(name, "val/map_50")], dict)  # other metrics keep their last value
 
 
 def test_rerun_into_the_same_directory_and_override(tmp_path):

@@ -98,6 +98,9 @@ class DetectionLossModule:
                     raise TypeError(f"`criterion[{name!r}]` must be an nn.Module, got {type(module).__name__}")
         else:
             raise TypeError(f"`criterion` must be an nn.Module or a mapping of them, got {type(criterion).__name__}")
+        dotted = [name for name in named if "." in name]
+        if dotted:
+            raise ValueError(f"criterion names cannot contain '.', got {dotted}")
         weights = dict(weights or {})
         unknown = set(weights) - set(named)
         if unknown:
@@ -116,6 +119,25 @@ class DetectionLossModule:
         if stage not in STAGES:
             raise ValueError(f"`stage` must be one of {STAGES}, got {stage!r}")
         return self.criteria[_SLOT[stage]]
+
+    def loss_log_keys(self) -> list[str] | None:
+        """Every key :meth:`compute_losses` logs (train keys with Lightning's ``_step`` / ``_epoch`` suffixes),
+        from the criteria's declared ``terms``; ``None`` when a criterion does not declare them."""
+        if not hasattr(self, "criteria"):
+            return None
+        keys = []
+        for stage in STAGES:
+            criteria = self.stage_criteria(stage)
+            single = list(criteria.keys()) == [_key("")]
+            names = [f"{stage}/loss"]
+            for key, criterion in criteria.items():
+                terms = getattr(criterion, "terms", None)
+                if not terms:
+                    return None
+                prefix = f"{stage}/" if single else f"{stage}/{_name(key)}/"
+                names += [prefix + term for term in terms]
+            keys += [f"{n}{suffix}" for n in names for suffix in (("_step", "_epoch") if stage == "train" else ("",))]
+        return keys
 
     @property
     def criterion(self) -> nn.Module:
@@ -208,8 +230,8 @@ class DetectionLossModule:
 
 
 def _key(name: str) -> str:
-    # ModuleDict keys cannot be empty or contain dots.
-    return "criterion" if name == "" else name.replace(".", "_")
+    # ModuleDict keys cannot be empty (names with dots are refused in set_criterion).
+    return "criterion" if name == "" else name
 
 
 def _name(key: str) -> str:

@@ -150,3 +150,31 @@ def test_bad_criterion_arguments():
         TinyYOLOX(criterion="yolox")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="criterion_weights"):
         DetectionLossModule.set_criterion(TinyYOLOX(), {"a": YOLOXCriterion(NUM_CLASSES)}, {"b": 1.0})
+    with pytest.raises(ValueError, match=r"cannot contain '\.'.*det\.a"):
+        DetectionLossModule.set_criterion(TinyYOLOX(), {"det.a": YOLOXCriterion(NUM_CLASSES)})
+
+
+def test_loss_log_keys_are_exactly_the_keys_a_fit_logs(tmp_path):
+    """The keys the CLI hands W&B up front equal what Lightning records for the train and val stages."""
+    torch.manual_seed(0)
+    model = _TwoHeadsWithValidation()
+    keys = model.loss_log_keys()
+    trainer = _trainer(tmp_path, max_epochs=1, limit_val_batches=1)
+    trainer.fit(model, loader(4), loader(2))
+    logged = {k for k in trainer.logged_metrics if "loss" in k}
+    assert logged == {k for k in keys if not k.startswith("test/")}
+    assert {k for k in keys if k.startswith("test/")} == {f"test/{n}" for n in ("loss", *_named_terms())}
+    assert TinyYOLOX(criterion=_Untermed()).loss_log_keys() is None
+
+
+class _TwoHeadsWithValidation(_TwoHeads):
+    validation_step = _TwoHeads.training_step
+
+
+def _named_terms():
+    return [f"{name}/{term}" for name in ("det", "aux") for term in TERMS]
+
+
+class _Untermed(nn.Module):
+    def forward(self, *args, **kwargs):
+        return {"loss_x": torch.zeros(())}
