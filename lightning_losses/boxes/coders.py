@@ -91,27 +91,46 @@ class DeltaXYWHCoder:
         return torch.cat([gxy - gwh * 0.5, gxy + gwh * 0.5], dim=-1)
 
 
-def distance2bbox(points: Tensor, distance: Tensor) -> Tensor:
+def distance2bbox(points: Tensor, distance: Tensor, stride: float | Tensor | None = None) -> Tensor:
     """Boxes ``[x - l, y - t, x + r, y + b]`` from points ``(..., 2)`` and distances ``(..., 4)`` (l, t, r, b).
+
+    ``stride`` (a number, or one per point ``(...,)``) scales distances given in stride units to pixels.
 
     Example:
         >>> distance2bbox(torch.tensor([[5.0, 5.0]]), torch.tensor([[1.0, 2.0, 3.0, 4.0]]))
         tensor([[4., 3., 8., 9.]])
+        >>> distance2bbox(torch.tensor([[5.0, 5.0]]), torch.tensor([[1.0, 2.0, 3.0, 4.0]]), stride=2)
+        tensor([[ 3.,  1., 11., 13.]])
     """
+    if stride is not None:
+        distance = distance * _per_point(stride)
     return torch.cat([points - distance[..., :2], points + distance[..., 2:]], dim=-1)
 
 
-def bbox2distance(points: Tensor, boxes: Tensor, max_dis: float | None = None, eps: float = 0.1) -> Tensor:
+def bbox2distance(
+    points: Tensor, boxes: Tensor, max_dis: float | None = None, eps: float = 0.1, stride: float | Tensor | None = None
+) -> Tensor:
     """Distances ``(l, t, r, b)`` from points to box sides, clamped to ``[0, max_dis - eps]`` when ``max_dis`` is given.
+
+    ``stride`` (a number, or one per point ``(...,)``) divides the distances into stride units, before the clamp.
 
     Example:
         >>> bbox2distance(torch.tensor([[5.0, 5.0]]), torch.tensor([[4.0, 3.0, 30.0, 9.0]]), max_dis=16)
         tensor([[ 1.0000,  2.0000, 15.9000,  4.0000]])
+        >>> bbox2distance(torch.tensor([[5.0, 5.0]]), torch.tensor([[4.0, 3.0, 30.0, 9.0]]), stride=2)
+        tensor([[ 0.5000,  1.0000, 12.5000,  2.0000]])
     """
     distance = torch.cat([points - boxes[..., :2], boxes[..., 2:] - points], dim=-1)
+    if stride is not None:
+        distance = distance / _per_point(stride)
     if max_dis is not None:
         distance = distance.clamp(min=0, max=max_dis - eps)
     return distance
+
+
+def _per_point(stride: float | Tensor) -> float | Tensor:
+    """A per-point stride ``(...,)`` as ``(..., 1)`` so it scales all four sides."""
+    return stride[..., None] if isinstance(stride, Tensor) else stride
 
 
 def integral(logits: Tensor, reg_max: int) -> Tensor:

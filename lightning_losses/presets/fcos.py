@@ -124,9 +124,8 @@ class FCOSCriterion(DenseCriterion):
         positive = assign.positive
 
         matched = gather_boxes(gts.boxes, assign.matched)
-        distances = bbox2distance(priors.expand(batch, -1, -1), matched)
-        if self.norm_on_bbox:
-            distances = distances / priors.new_tensor(self.strides)[levels][:, None]
+        stride = priors.new_tensor(self.strides)[levels] if self.norm_on_bbox else None
+        distances = bbox2distance(priors.expand(batch, -1, -1), matched, stride=stride)
         # Negatives get unit distances, so their (zero-weight) targets stay finite.
         distances = torch.where(positive[..., None], distances, torch.ones_like(distances))
         ctr_target = torch.where(positive, centerness_target(distances), torch.zeros_like(distances[..., 0]))

@@ -167,3 +167,15 @@ def test_integral_matches_explicit_softmax_expectation() -> None:
     prob = torch.softmax(logits.reshape(2, 5, 4, 17), dim=-1)
     expected = (prob * torch.arange(17, dtype=torch.float32)).sum(-1)
     torch.testing.assert_close(integral(logits, 16), expected)
+
+
+def test_distance_coder_per_point_stride_round_trip_and_hand_worked():
+    """Distances in stride units: bbox2distance divides by each point's stride, distance2bbox multiplies back."""
+    points = torch.tensor([[4.0, 4.0], [24.0, 8.0]])
+    boxes = torch.tensor([[0.0, 2.0, 12.0, 10.0], [8.0, 0.0, 40.0, 40.0]])
+    stride = torch.tensor([8.0, 16.0])
+    distances = bbox2distance(points, boxes, stride=stride)
+    torch.testing.assert_close(distances, torch.tensor([[0.5, 0.25, 1.0, 0.75], [1.0, 0.5, 1.0, 2.0]]))
+    torch.testing.assert_close(distance2bbox(points, distances, stride=stride), boxes)
+    clamped = bbox2distance(points, boxes, max_dis=1, eps=0.1, stride=stride)  # clamp after the division
+    torch.testing.assert_close(clamped, torch.tensor([[0.5, 0.25, 0.9, 0.75], [0.9, 0.5, 0.9, 0.9]]))
