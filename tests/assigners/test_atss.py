@@ -252,3 +252,19 @@ def test_many_boxes_equal_reference() -> None:
     priors, counts = atss_priors()
     targets = random_targets([1000, 300], g)
     assert_matches_reference(ATSSAssigner(), priors, counts, targets)
+
+
+def test_box_overlapping_no_prior_assigns_nothing_and_leaves_the_others() -> None:
+    """Hand-worked: a box outside every prior has IoU 0 everywhere; the threshold is 0 and the IoU test passes, but
+    no candidate's center lies inside it, so it takes nothing (MMDetection's rule) while the other box is assigned
+    as when alone."""
+    priors = torch.tensor([[0.0, 0.0, 12.0, 10.0], [40.0, 0.0, 50.0, 10.0], [0.0, 40.0, 10.0, 50.0]])
+    inside = [0.0, 0.0, 12.0, 10.0]
+    outside = [200.0, 200.0, 210.0, 205.0]
+    alone = ATSSAssigner(topk=3).assign(priors, [3], pad_targets([box_target([inside], [1])]))
+    both = ATSSAssigner(topk=3).assign(priors, [3], pad_targets([box_target([outside, inside], [0, 1])]))
+    assert alone.gt_inds.tolist() == [[1, 0, 0]]
+    assert both.gt_inds.tolist() == [[2, 0, 0]]
+    assert both.labels.tolist() == [[1, -1, -1]]
+    nothing = ATSSAssigner(topk=3).assign(priors, [3], pad_targets([box_target([outside], [0])]))
+    assert not nothing.positive.any()

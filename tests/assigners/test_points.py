@@ -248,3 +248,30 @@ def test_chunking_gives_identical_results(center_sampling: bool) -> None:
         )
         for got, want in zip(chunked, full, strict=True):
             torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+def test_box_containing_no_point_assigns_nothing_and_leaves_the_others() -> None:
+    """Hand-worked: a 2-px box between the 8-px grid points holds no point strictly inside, so it takes nothing; the
+    other box gets exactly the points it gets alone."""
+    points, levels, _ = fcos_points([(4, 4)], [8])
+    assigner = PointAssigner(regress_ranges=[(-1.0, INF)])
+    tiny = [13.0, 13.0, 15.0, 15.0]  # points sit at 4, 12, 20, 28
+    other = [0.0, 0.0, 16.0, 16.0]
+    alone = assigner.assign(points, levels, [8], pad_targets([box_target([other], [1])]))
+    both = assigner.assign(points, levels, [8], pad_targets([box_target([tiny, other], [0, 1])]))
+    assert alone.positive[0].nonzero().flatten().tolist() == [0, 1, 4, 5]
+    assert both.gt_inds.tolist() == [[2 if g else 0 for g in alone.gt_inds[0].tolist()]]
+    nothing = assigner.assign(points, levels, [8], pad_targets([box_target([tiny], [0])]))
+    assert not nothing.positive.any()
+
+
+def test_many_boxes_equal_reference() -> None:
+    """300 boxes on one image (and 40 on another): batched equals the literal per-image reference."""
+    points, levels, counts = fcos_points(SIZES_256, STRIDES)
+    targets = random_targets([300, 40], torch.Generator().manual_seed(7))
+    result = PointAssigner().assign(points, levels, STRIDES, pad_targets(targets))
+    assert int(result.positive[0].sum()) > 100
+    for b, target in enumerate(targets):
+        gt_inds, labels = mmdet_fcos_assign(points, counts, STRIDES, target["boxes"], target["labels"])
+        assert torch.equal(result.gt_inds[b], gt_inds)
+        assert torch.equal(result.labels[b], labels)
