@@ -19,6 +19,7 @@ The criteria's class count is read from the outputs on the first call. Unlike Ne
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -35,6 +36,14 @@ __all__ = ["CRITERIA", "NetsPressoLosses", "build_losses"]
 CRITERIA = ("cross_entropy", "focal_loss", "yolox_loss", "retinanet_loss", "pidnet_loss")
 
 
+# Criteria built on the first call, and the arguments this module sets itself.
+_LAZY: dict[str, tuple[type, set[str]]] = {
+    "yolox_loss": (YOLOXCriterion, {"num_classes", "strides"}),
+    "retinanet_loss": (RetinaNetCriterion, {"num_classes", "strides", "style"}),
+    "pidnet_loss": (PIDNetCriterion, {"num_classes", "ohem"}),
+}
+
+
 class _Element(nn.Module):
     """One entry of the list: a loss or criterion built lazily (class counts come from the outputs)."""
 
@@ -45,6 +54,12 @@ class _Element(nn.Module):
         self.module: nn.Module | None = None
         if criterion in NETSPRESSO_LOSSES:
             self.module = NETSPRESSO_LOSSES[criterion](**params)
+        else:  # built on the first call: check the parameters now
+            cls, fixed = _LAZY[criterion]
+            allowed = set(inspect.signature(cls).parameters) - fixed
+            unknown = set(params) - allowed
+            if unknown:
+                raise TypeError(f"`{criterion}` got unknown parameters {sorted(unknown)}; it takes {sorted(allowed)}")
         self.epoch: int | None = None
 
     def _build(self, out: Mapping[str, Any]) -> nn.Module:

@@ -257,3 +257,18 @@ def test_inputs_are_not_mutated():
         return a == b
 
     assert same(after, before)
+
+
+@pytest.mark.parametrize(
+    ("entry", "bad"),
+    [
+        ({"criterion": "yolox_loss", "l1_activate_epoch": 1, "l1_epoch": 3}, "l1_epoch"),
+        ({"criterion": "retinanet_loss", "gama": 2.0}, "gama"),
+        ({"criterion": "pidnet_loss", "ohem": True}, "ohem"),
+    ],
+)
+def test_unknown_parameters_of_lazily_built_criteria_raise_at_build_time(entry, bad):
+    """The criteria whose class count comes from the first outputs still check their parameters up front."""
+    with pytest.raises(TypeError, match=rf"unknown parameters \['{bad}'\]"):
+        build_losses([entry])
+    build_losses([{k: v for k, v in entry.items() if k != bad}])
