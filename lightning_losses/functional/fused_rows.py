@@ -19,10 +19,17 @@ from lightning_losses.functional.fused import COMPILE_MIN_ELEMENTS, _chunk_rows,
 
 __all__ = ["fused_rowwise_loss", "vjp_kernel"]
 
-# A quarter of the chunk budget: a compiled vector-Jacobian product still writes about fifteen per-row
-# buffers (one per slice of a box's coordinates), and eagerly every intermediate is one.
-_ROW_CHUNK_FRACTION = 4
-_vjp_kernels: dict[Callable[..., Tensor], Callable[..., Tensor]] = {}
+# Rows per chunk, at most: a compiled vector-Jacobian product still writes about fifteen per-row buffers
+# (one per slice of a box's coordinates), and eagerly every intermediate is one. (Whole-input calls of a
+# compiled closed form measured slower: chunks stay in cache between a row's passes.)
+_MAX_CHUNK_ROWS = 1 << 16
+
+
+def _step(pred: Tensor) -> int:
+    return min(_chunk_rows(pred[0].numel() if pred.shape[0] else 1), _MAX_CHUNK_ROWS)
+
+
+_kernels: dict[tuple[str, Callable[..., Tensor]], Callable[..., Tensor]] = {}
 
 
 def vjp_kernel(fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
@@ -32,20 +39,65 @@ def vjp_kernel(fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
     fused loop that reads the inputs and writes the gradient; eagerly it recomputes the kernel's
     intermediates for one chunk at a time.
     """
-    kernel = _vjp_kernels.get(fn)
-    if kernel is None:
 
-        def kernel(pred: Tensor, target: Tensor, grad_out: Tensor, *args: Any) -> Tensor:
-            _, pullback = torch.func.vjp(lambda p: fn(p, target, *args), pred)
-            return pullback(grad_out)[0]
+    def kernel(pred: Tensor, target: Tensor, grad_out: Tensor, *args: Any) -> Tensor:
+        _, pullback = torch.func.vjp(lambda p: fn(p, target, *args), pred)
+        return pullback(grad_out)[0]
 
-        kernel.__name__ = f"{fn.__name__}_vjp"
-        _vjp_kernels[fn] = kernel
-    return kernel
+    return _cached("vjp", fn, kernel)
+
+
+def _cached(kind: str, fn: Callable[..., Tensor], kernel: Callable[..., Tensor]) -> Callable[..., Tensor]:
+    """One kernel object per (kind, fn), so :func:`run_kernel` compiles each once."""
+    key = (kind, fn)
+    if key not in _kernels:
+        kernel.__name__ = f"{getattr(fn, '__name__', 'kernel')}_{kind}"
+        _kernels[key] = kernel
+    return _kernels[key]
+
+
+def _forward_kernel(fn: Callable[..., Tensor], reduce: bool) -> Callable[..., Tensor]:
+    """Per chunk: ``w·fn`` per row, or ``[Σ w·fn, Σ_i w_i Σ_k x_ik]`` (the second for the zero-weight rule)."""
+
+    def kernel(x: Tensor, t: Tensor, w: Tensor | None, *args: Any) -> Tensor:
+        loss = fn(x, t, *args)
+        if w is not None:
+            loss = loss * w
+        if not reduce:
+            return loss
+        rows_sum = x.reshape(x.shape[0], -1).sum(-1)
+        return torch.stack([loss.sum(), (rows_sum if w is None else rows_sum * w).sum()])
+
+    return _cached("sum" if reduce else "rows", fn, kernel)
+
+
+def _backward_kernel(grad_fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
+    """Per chunk: ``grad_fn`` at ``coef · w`` (``coef`` a scalar or per row), or the zero-weight rule's
+    gradient ``upstream · w`` where ``has_positive`` is false."""
+
+    def kernel(
+        x: Tensor,
+        t: Tensor,
+        coef: Tensor,
+        w: Tensor | None,
+        has_positive: Tensor | None,
+        upstream: Tensor,
+        *args: Any,
+    ) -> Tensor:
+        g = coef.expand(x.shape[0]) if coef.ndim == 0 else coef
+        if w is not None:
+            g = g * w
+        grad = grad_fn(x, t, g, *args)
+        if has_positive is None:
+            return grad
+        shape = (x.shape[0],) + (1,) * (x.dim() - 1)
+        return torch.where(has_positive, grad, (upstream * w).reshape(shape).expand_as(grad))
+
+    return _cached("backward", grad_fn, kernel)
 
 
 class _RowwiseLoss(torch.autograd.Function):
-    """``scale · Σ w·fn(pred, target) / divisor`` (or ``w·fn`` per row) with backward from the inputs only.
+    """``scale · Σ w·fn(pred, target) / divisor`` (or ``scale · w·fn`` per row) with backward from the inputs only.
 
     With ``shortcut`` (a weight and a divisor given), MMDetection's box-loss rule is folded in: where no
     weight is positive the result is ``Σ_i w_i Σ_k pred_ik`` instead, chosen on the device. One autograd
@@ -68,51 +120,50 @@ class _RowwiseLoss(torch.autograd.Function):
     ) -> Tensor:
         dtype = _compute_dtype(pred.dtype)
         rows = pred.shape[0]
-        step = _chunk_rows(pred[0].numel() if rows else 1, _ROW_CHUNK_FRACTION)
-        total = torch.zeros((), dtype=dtype, device=pred.device)
-        weight_sum = torch.zeros((), dtype=dtype, device=pred.device)
-        out = None if divisor is not None else torch.empty(rows, dtype=dtype, device=pred.device)
+        step = _step(pred)
+        kernel = _forward_kernel(fn, reduce=divisor is not None)
+        parts = []
         for start in range(0, rows, step):
             stop = min(start + step, rows)
             x, t = pred[start:stop].to(dtype), target[start:stop].to(dtype)
-            loss = run_kernel(fn, pred.numel(), x, t, *args, min_elements=min_elements)
-            if weight is not None:
-                loss = loss * weight[start:stop]
-                if shortcut:
-                    weight_sum += (x.reshape(stop - start, -1).sum(-1) * weight[start:stop]).sum()
-            if out is None:
-                total += loss.sum()
-            else:
-                out[start:stop] = loss * scale
+            w = None if weight is None else weight[start:stop].to(dtype)
+            parts.append(run_kernel(kernel, pred.numel(), x, t, w, *args, min_elements=min_elements))
         has_positive = (weight > 0).any() if shortcut else None
         ctx.save_for_backward(pred, target, weight, divisor if isinstance(divisor, Tensor) else None, has_positive)
         ctx.divisor, ctx.scale, ctx.grad_fn, ctx.min_elements, ctx.args = divisor, scale, grad_fn, min_elements, args
-        if out is not None:
-            return out
-        loss = scale * (total / divisor)
-        return loss if has_positive is None else torch.where(has_positive, loss, weight_sum)
+        if divisor is None:
+            out = torch.cat(parts) if parts else pred.new_zeros(0, dtype=dtype)
+            return out * scale if scale != 1.0 else out
+        sums = torch.stack(parts).sum(0) if parts else pred.new_zeros(2, dtype=dtype)
+        loss = scale * (sums[0] / divisor)
+        return loss if has_positive is None else torch.where(has_positive, loss, sums[1])
 
     @staticmethod
     def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
         pred, target, weight, divisor_tensor, has_positive = ctx.saved_tensors
         divisor = divisor_tensor if divisor_tensor is not None else ctx.divisor
         dtype = _compute_dtype(pred.dtype)
-        grad = torch.empty_like(pred)
         rows = pred.shape[0]
-        step = _chunk_rows(pred[0].numel() if rows else 1, _ROW_CHUNK_FRACTION)
+        step = _step(pred)
         upstream = grad_out.to(dtype)
-        reduced = upstream * ctx.scale / divisor if divisor is not None else None
+        coef = upstream * (ctx.scale / divisor) if divisor is not None else upstream * ctx.scale
+        kernel = _backward_kernel(ctx.grad_fn)
+        grad = None if rows <= step else torch.empty_like(pred)  # one chunk: the kernel's output is the gradient
         for start in range(0, rows, step):
             stop = min(start + step, rows)
             x, t = pred[start:stop].to(dtype), target[start:stop].to(dtype)
-            g = reduced.expand(stop - start) if reduced is not None else upstream[start:stop] * ctx.scale
-            if weight is not None:
-                g = g * weight[start:stop]
-            chunk = run_kernel(ctx.grad_fn, pred.numel(), x, t, g, *ctx.args, min_elements=ctx.min_elements)
-            if has_positive is not None:
-                shape = (stop - start,) + (1,) * (pred.dim() - 1)
-                chunk = torch.where(has_positive, chunk, (upstream * weight[start:stop]).reshape(shape).expand_as(x))
-            grad[start:stop] = chunk
+            w = None if weight is None else weight[start:stop].to(dtype)
+            g = coef if coef.ndim == 0 else coef[start:stop]
+            up = upstream if upstream.ndim == 0 else upstream[start:stop]
+            chunk = run_kernel(
+                kernel, pred.numel(), x, t, g, w, has_positive, up, *ctx.args, min_elements=ctx.min_elements
+            )
+            if grad is None:
+                grad = chunk.to(pred.dtype)
+            else:
+                grad[start:stop] = chunk
+        if grad is None:
+            grad = torch.zeros_like(pred)
         return (None, None, None, None, None, None, None, grad, None, *(None for _ in ctx.args))
 
 
