@@ -71,11 +71,12 @@ def _forward_kernel(fn: Callable[..., Tensor], reduce: bool) -> Callable[..., Te
     return _cached("sum" if reduce else "rows", fn, kernel)
 
 
-def _backward_kernel(grad_fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
-    """Per chunk: ``grad_fn`` at ``coef · w`` (``coef`` a scalar or per row), or the zero-weight rule's
-    gradient ``upstream · w`` where ``has_positive`` is false."""
+def _backward_kernel(grad_fn: Callable[..., Tensor]) -> Callable[..., None]:
+    """Per chunk, into ``out``: ``grad_fn`` at ``coef · w`` (``coef`` a scalar or per row), or the zero-weight
+    rule's gradient ``upstream · w`` where ``has_positive`` is false."""
 
     def kernel(
+        out: Tensor,
         x: Tensor,
         t: Tensor,
         coef: Tensor,
@@ -83,15 +84,15 @@ def _backward_kernel(grad_fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
         has_positive: Tensor | None,
         upstream: Tensor,
         *args: Any,
-    ) -> Tensor:
+    ) -> None:
         g = coef.expand(x.shape[0]) if coef.ndim == 0 else coef
         if w is not None:
             g = g * w
         grad = grad_fn(x, t, g, *args)
-        if has_positive is None:
-            return grad
-        shape = (x.shape[0],) + (1,) * (x.dim() - 1)
-        return torch.where(has_positive, grad, (upstream * w).reshape(shape).expand_as(grad))
+        if has_positive is not None:
+            shape = (x.shape[0],) + (1,) * (x.dim() - 1)
+            grad = torch.where(has_positive, grad, (upstream * w).reshape(shape).expand_as(grad))
+        out.copy_(grad)  # compiled, the kernel stores straight into the gradient's rows
 
     return _cached("backward", grad_fn, kernel)
 
@@ -148,22 +149,26 @@ class _RowwiseLoss(torch.autograd.Function):
         upstream = grad_out.to(dtype)
         coef = upstream * (ctx.scale / divisor) if divisor is not None else upstream * ctx.scale
         kernel = _backward_kernel(ctx.grad_fn)
-        grad = None if rows <= step else torch.empty_like(pred)  # one chunk: the kernel's output is the gradient
+        grad = torch.empty_like(pred)
         for start in range(0, rows, step):
             stop = min(start + step, rows)
             x, t = pred[start:stop].to(dtype), target[start:stop].to(dtype)
             w = None if weight is None else weight[start:stop].to(dtype)
             g = coef if coef.ndim == 0 else coef[start:stop]
             up = upstream if upstream.ndim == 0 else upstream[start:stop]
-            chunk = run_kernel(
-                kernel, pred.numel(), x, t, g, w, has_positive, up, *ctx.args, min_elements=ctx.min_elements
+            run_kernel(
+                kernel,
+                pred.numel(),
+                grad[start:stop],
+                x,
+                t,
+                g,
+                w,
+                has_positive,
+                up,
+                *ctx.args,
+                min_elements=ctx.min_elements,
             )
-            if grad is None:
-                grad = chunk.to(pred.dtype)
-            else:
-                grad[start:stop] = chunk
-        if grad is None:
-            grad = torch.zeros_like(pred)
         return (None, None, None, None, None, None, None, grad, None, *(None for _ in ctx.args))
 
 
