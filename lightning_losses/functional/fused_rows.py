@@ -9,6 +9,8 @@ Weighting and the reduction happen inside, so the reduced path never holds a per
 
 from __future__ import annotations
 
+import functools
+import types
 from collections.abc import Callable
 from typing import Any
 
@@ -47,12 +49,18 @@ def vjp_kernel(fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
     return _cached("vjp", fn, kernel)
 
 
-def _cached(kind: str, fn: Callable[..., Tensor], kernel: Callable[..., Tensor]) -> Callable[..., Tensor]:
-    """One kernel object per (kind, fn), so :func:`run_kernel` compiles each once."""
+def _cached(kind: str, fn: Callable[..., Any], kernel: Callable[..., Any]) -> Callable[..., Any]:
+    """One kernel per (kind, fn), each with a code object of its own.
+
+    The kernels are closures of a few shared functions; dynamo caches compilations per code object (8 at
+    most), so sharing one across the IoU family and DFL would exhaust it and drop later kernels to eager.
+    """
     key = (kind, fn)
     if key not in _kernels:
-        kernel.__name__ = f"{getattr(fn, '__name__', 'kernel')}_{kind}"
-        _kernels[key] = kernel
+        name = f"{getattr(fn, '__name__', 'kernel')}_{kind}"
+        code = kernel.__code__.replace(co_name=name)
+        own = types.FunctionType(code, kernel.__globals__, name, kernel.__defaults__, kernel.__closure__)
+        _kernels[key] = functools.update_wrapper(own, kernel, assigned=("__doc__", "__annotations__"))
     return _kernels[key]
 
 

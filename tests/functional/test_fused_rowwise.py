@@ -145,3 +145,17 @@ def test_empty_input_gives_zero_with_a_graph(name):
     assert out.item() == 0.0
     out.backward()
     assert pred.grad.shape == pred.shape
+
+
+def test_each_row_kernel_has_its_own_code_object():
+    """dynamo caches at most 8 compilations per code object: kernels built from one closure must not share theirs,
+    or the last losses of a model silently fall back to eager."""
+    from lightning_losses.functional import fused_rows
+
+    for name in NAMES:
+        pred, target = case(name, n=8)
+        getattr(LF, name)(pred, target).backward()
+        getattr(LF, name)(pred, target, reduction="none").sum().backward()
+    kernels = list(fused_rows._kernels.values())
+    assert len(kernels) >= 3 * len(NAMES)
+    assert len({k.__code__ for k in kernels}) == len(kernels)
