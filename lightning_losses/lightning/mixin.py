@@ -134,8 +134,7 @@ class DetectionLossModule:
                 terms = getattr(criterion, "terms", None)
                 if not terms:
                     return None
-                prefix = f"{stage}/" if single else f"{stage}/{_name(key)}/"
-                names += [prefix + term for term in terms]
+                names += [_prefix(stage, key, single) + term for term in terms]
             keys += [f"{n}{suffix}" for n in names for suffix in (("_step", "_epoch") if stage == "train" else ("",))]
         return keys
 
@@ -188,7 +187,7 @@ class DetectionLossModule:
             terms = criterion(*args, target, **kwargs, **criterion_kwargs)
             if not isinstance(terms, Mapping) or not terms:
                 raise TypeError(f"criterion {type(criterion).__name__} must return a non-empty dict of loss terms")
-            prefix = f"{stage}/" if single else f"{stage}/{name}/"
+            prefix = _prefix(stage, key, single)
             for term, value in terms.items():
                 self._log_term(prefix + term, self._metric_of(criterion, term, stage, prefix + term, value), stage)
             subtotal = sum(terms.values())
@@ -232,6 +231,11 @@ class DetectionLossModule:
 def _key(name: str) -> str:
     # ModuleDict keys cannot be empty (names with dots are refused in set_criterion).
     return "criterion" if name == "" else name
+
+
+def _prefix(stage: str, key: str, single: bool) -> str:
+    """Logged keys: ``{stage}/{term}``, or ``{stage}/{name}/{term}`` with several criteria."""
+    return f"{stage}/" if single else f"{stage}/{_name(key)}/"
 
 
 def _name(key: str) -> str:

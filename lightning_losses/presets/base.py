@@ -51,8 +51,8 @@ def onehot_targets(labels: Tensor, num_classes: int, dtype: torch.dtype) -> Tens
 
 
 def gather_boxes(boxes: Tensor, index: Tensor) -> Tensor:
-    """``boxes`` ``(B, G, 4)`` gathered at ``index`` ``(B, P)`` → ``(B, P, 4)``."""
-    return boxes.gather(1, index.unsqueeze(-1).expand(-1, -1, 4))
+    """``boxes`` ``(B, G, D)`` gathered at ``index`` ``(B, P)`` → ``(B, P, D)`` (boxes, or any rows)."""
+    return boxes.gather(1, index.unsqueeze(-1).expand(-1, -1, boxes.shape[-1]))
 
 
 class DenseCriterion(RecordsInit, nn.Module):

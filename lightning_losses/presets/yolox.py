@@ -22,11 +22,6 @@ __all__ = ["YOLOXCriterion"]
 YOLOXOutputs = Sequence[Tensor] | Sequence[Sequence[Tensor]]
 
 
-def _take(x: Tensor, rows: Tensor) -> Tensor:
-    """``x`` ``(B, P, D)`` at ``rows`` ``(B, K)`` → ``(B, K, D)``."""
-    return x.gather(1, rows[..., None].expand(-1, -1, x.shape[-1]))
-
-
 class YOLOXCriterion(DenseCriterion):
     r"""YOLOX's loss terms with SimOTA assignment, equal to NetsPresso Trainer's ``yolox_loss``.
 
@@ -184,7 +179,7 @@ class YOLOXCriterion(DenseCriterion):
         valid = positive.gather(1, rows)
         weight = valid.to(raw.dtype).reshape(-1)
         row_stride = stride[rows][..., None]
-        row_boxes = _take(pred_boxes, rows)
+        row_boxes = gather_boxes(pred_boxes, rows)
         matched = gather_boxes(gts.boxes, assign.matched.gather(1, rows))
         # Rows past the positives compare their (dummy) box with itself: a prior whose decoded box overflows
         # must not turn the weighted sum into NaN (0 · NaN); NetsPresso scores positives only.
@@ -197,13 +192,13 @@ class YOLOXCriterion(DenseCriterion):
             onehot_targets(labels, self.num_classes, cls.dtype) * assign.max_overlaps.gather(1, rows)[..., None]
         )
         loss_cls = self.loss_cls(
-            _take(cls, rows).reshape(-1, self.num_classes),
+            gather_boxes(cls, rows).reshape(-1, self.num_classes),
             cls_target.reshape(-1, self.num_classes).to(cls.dtype),
             weight=weight[:, None],
             avg_factor=num_pos,
         )
         if self.use_l1:
-            row_raw = _take(raw, rows)
+            row_raw = gather_boxes(raw, rows)
             gt_center = (matched[..., :2] + matched[..., 2:]) / 2
             gt_size = matched[..., 2:] - matched[..., :2]
             l1_target = torch.cat([gt_center / row_stride - grid[rows], torch.log(gt_size / row_stride + 1e-8)], dim=-1)
