@@ -496,7 +496,9 @@ def distribution_focal_loss(
         )
     check_weight(weight, pred.shape[:1])
     divisor = reduction_divisor(pred.shape[0], reduction, avg_factor)
-    return fused_rowwise_loss(_dfl_elementwise, pred, target, weight=weight, divisor=divisor, grad_fn=_dfl_grad)
+    return fused_rowwise_loss(
+        _dfl_elementwise, pred, target, weight=weight, divisor=divisor, grad_fn=_dfl_grad, saves=True
+    )
 
 
 def _dfl_bins(pred: Tensor, target: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -508,19 +510,20 @@ def _dfl_bins(pred: Tensor, target: Tensor) -> tuple[Tensor, Tensor, Tensor, Ten
     return left[:, None], right[:, None], weight_left, weight_right
 
 
-def _dfl_elementwise(pred: Tensor, target: Tensor) -> Tensor:
-    r""":math:`w_l(\mathrm{lse}(x) - x_{y_l}) + w_r(\mathrm{lse}(x) - x_{y_r})`, the two cross-entropies."""
+def _dfl_elementwise(pred: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
+    r""":math:`w_l(\mathrm{lse}(x) - x_{y_l}) + w_r(\mathrm{lse}(x) - x_{y_r})`, the two cross-entropies, and
+    :math:`\mathrm{lse}(x)`, which backward reuses."""
     left, right, weight_left, weight_right = _dfl_bins(pred, target)
     lse = torch.logsumexp(pred, dim=1)
     left_term = (lse - pred.gather(1, left).squeeze(1)) * weight_left
-    return left_term + (lse - pred.gather(1, right).squeeze(1)) * weight_right
+    return left_term + (lse - pred.gather(1, right).squeeze(1)) * weight_right, lse
 
 
-def _dfl_grad(pred: Tensor, target: Tensor, grad_out: Tensor) -> Tensor:
-    r"""Gradient of :func:`_dfl_elementwise`:
-    :math:`g\,((w_l + w_r)\,\mathrm{softmax}(x) - w_l e_{y_l} - w_r e_{y_r})`."""
+def _dfl_grad(pred: Tensor, target: Tensor, grad_out: Tensor, lse: Tensor) -> Tensor:
+    r"""Gradient of :func:`_dfl_elementwise`, given the forward's :math:`\mathrm{lse}(x)` (one pass, no reduction):
+    :math:`g\,((w_l + w_r)\,e^{x - \mathrm{lse}(x)} - w_l e_{y_l} - w_r e_{y_r})`."""
     left, right, weight_left, weight_right = _dfl_bins(pred, target)
     bins = torch.arange(pred.shape[1], device=pred.device)
     onehots = (bins == left) * weight_left[:, None] + (bins == right) * weight_right[:, None]
-    softmax = torch.softmax(pred, dim=1) * (weight_left + weight_right)[:, None]
+    softmax = torch.exp(pred - lse[:, None]) * (weight_left + weight_right)[:, None]
     return (softmax - onehots) * grad_out[:, None]

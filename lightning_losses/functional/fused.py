@@ -1,16 +1,21 @@
 """Fused, low-memory kernels: autograd Functions with closed-form backward that save only their inputs.
 
 The textbook focal loss keeps every intermediate (``σ(x)``, the BCE, ``1 - p_t``, its power, the
-balance, the product) alive for backward: about eight ``N × C`` tensors. These Functions save the
-logits and the (label or dense) target, recompute what backward needs chunk by chunk, build one-hot
-rows from class labels on the fly and can fold the weighting and reduction into the same pass, so the
-extra peak memory is the gradient plus one chunk of temporaries. Values equal the composite formula to
-float32 round-off; half-precision inputs are computed in float32.
+balance, the product) alive for backward: about eight ``N × C`` tensors. Here one autograd Function
+(:class:`_ElementwiseLoss`) saves the logits and the (label or dense) target and runs three kernels:
+the weighted sum of the loss (or the weighted loss written into its output), and the gradient written
+straight into ``pred``'s gradient. One-hot rows are built from class labels inside the kernels, and
+``σ(z)`` and ``log(1 + e^z)`` share one exponential. Compiled (:func:`run_kernel`), each kernel is one
+pass over the inputs with no temporaries, so it runs on the whole input; eagerly it runs chunk by chunk,
+so the extra peak memory is the gradient plus one chunk of temporaries. Values equal the composite
+formula to float32 round-off; half-precision inputs are computed in float32.
 """
 
 from __future__ import annotations
 
+import functools
 import os
+import types
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -18,27 +23,34 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["fused_quality_focal_loss", "fused_sigmoid_focal_loss", "run_kernel"]
+__all__ = ["compiles", "fused_quality_focal_loss", "fused_sigmoid_focal_loss", "run_kernel"]
 
-_CHUNK_ELEMENTS = 1 << 20  # bounds the temporaries; large enough that per-chunk overhead stays small
+_CHUNK_ELEMENTS = 1 << 20  # bounds the eager temporaries; large enough that per-chunk overhead stays small
 COMPILE_ENV = "LIGHTNING_LOSSES_COMPILE"
 COMPILE_MIN_ELEMENTS = 1 << 21
-_compiled: dict[Callable[..., Tensor], Callable[..., Tensor] | None] = {}
+_compiled: dict[Any, Callable[..., Any] | None] = {}
+_probe_key = object()  # marks, in ``_compiled``, that a compilation failed: every kernel runs eager since
 
 
-def run_kernel(fn: Callable[..., Tensor], numel: int, *args: Any, min_elements: int = COMPILE_MIN_ELEMENTS) -> Tensor:
+def compiles(numel: int, min_elements: int = COMPILE_MIN_ELEMENTS) -> bool:
+    """Whether :func:`run_kernel` sends an input of ``numel`` elements through ``torch.compile``."""
+    mode = os.environ.get(COMPILE_ENV, "auto")
+    if mode == "0" or (mode != "1" and numel < min_elements) or torch.compiler.is_compiling():
+        return False
+    return _compiled.get(_probe_key, True) is not None
+
+
+def run_kernel(fn: Callable[..., Any], numel: int, *args: Any, min_elements: int = COMPILE_MIN_ELEMENTS) -> Any:
     """Call a chunk kernel, through ``torch.compile`` when that pays off.
 
     ``LIGHTNING_LOSSES_COMPILE=1`` always compiles, ``0`` never; by default (``auto``) inputs of at
     least ``min_elements`` elements do, where one compilation (seconds) is repaid by fusing
     a kernel's dozen element-wise passes into one. Shapes start static and only the sizes that change
-    between calls (the rows of a last chunk) become dynamic: the class or bin count stays a constant the
-    compiler can vectorise over (measured 30–40 % faster per chunk than all-dynamic shapes). A failed
-    compilation (no C++ compiler, an unsupported platform) warns once and the eager kernel runs from
-    then on.
+    between calls become dynamic: the class or bin count stays a constant the compiler can vectorise
+    over (measured 30–40 % faster than all-dynamic shapes). A failed compilation (no C++ compiler, an
+    unsupported platform) warns once and eager kernels run from then on.
     """
-    mode = os.environ.get(COMPILE_ENV, "auto")
-    if mode == "0" or (mode != "1" and numel < min_elements) or torch.compiler.is_compiling():
+    if not compiles(numel, min_elements):
         return fn(*args)
     compiled = _compiled.get(fn, fn)
     if compiled is fn:
@@ -51,8 +63,26 @@ def run_kernel(fn: Callable[..., Tensor], numel: int, *args: Any, min_elements: 
         warnings.warn(
             f"torch.compile of {fn.__name__} failed ({type(err).__name__}); using eager kernels", stacklevel=2
         )
-        _compiled[fn] = None
+        _compiled[fn] = _compiled[_probe_key] = None
         return fn(*args)
+
+
+_kernels: dict[tuple[str, Callable[..., Any]], Callable[..., Any]] = {}
+
+
+def cached_kernel(kind: str, fn: Callable[..., Any], kernel: Callable[..., Any]) -> Callable[..., Any]:
+    """``kernel`` (a closure over ``fn``) as a function with a code object of its own, one per ``(kind, fn)``.
+
+    Dynamo caches compilations per code object (8 at most): kernels that were all closures of one shared
+    function would exhaust it and drop the later ones to eager.
+    """
+    key = (kind, fn)
+    if key not in _kernels:
+        name = f"{getattr(fn, '__name__', 'kernel')}_{kind}"
+        code = kernel.__code__.replace(co_name=name)
+        own = types.FunctionType(code, kernel.__globals__, name, kernel.__defaults__, kernel.__closure__)
+        _kernels[key] = functools.update_wrapper(own, kernel, assigned=("__doc__", "__annotations__"))
+    return _kernels[key]
 
 
 def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -62,6 +92,10 @@ def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
 def _chunk_rows(row_size: int, fraction: int = 1) -> int:
     """Rows per chunk: ``1/fraction`` of the chunk budget."""
     return max(1, _CHUNK_ELEMENTS // fraction // max(row_size, 1))
+
+
+def _to_compute(t: Tensor) -> Tensor:
+    return t.to(_compute_dtype(t.dtype)) if t.is_floating_point() else t
 
 
 def _pow(q: Tensor, gamma: float) -> Tensor:
@@ -74,139 +108,210 @@ def _pow(q: Tensor, gamma: float) -> Tensor:
     return q.pow(gamma)
 
 
-def _label_sign(labels: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
-    """For one-hot rows built from ``labels``: ``s = 1 - 2t`` (so ``z = s·x``) and the positive mask."""
-    positive = labels[:, None] == torch.arange(x.shape[-1], device=x.device)
-    return 1 - 2 * positive.to(x.dtype), positive
+def _sigmoid_softplus(z: Tensor) -> tuple[Tensor, Tensor]:
+    r""":math:`\sigma(z)` and :math:`\log(1 + e^z)` from one exponential :math:`e = e^{-|z|}`, both stable."""
+    e = torch.exp(-z.abs())
+    r = 1 / (1 + e)
+    return torch.where(z >= 0, r, e * r), z.clamp(min=0) + torch.log1p(e)
 
 
-def _balance(t: Tensor, alpha: float | None) -> Tensor | None:
-    return None if alpha is None else (1 - alpha) + (2 * alpha - 1) * t
+def _positive(labels: Tensor, x: Tensor) -> Tensor:
+    """The one-hot rows of ``labels`` as a mask over ``x``'s classes (labels outside ``[0, C)`` give none)."""
+    return labels[:, None] == torch.arange(x.shape[-1], device=x.device)
 
 
-def _focal_forward_labels(x: Tensor, labels: Tensor, gamma: float, alpha: float | None) -> Tensor:
-    r"""Binary targets: with :math:`z = (1 - 2t)\,x`, :math:`\ell = w\,\sigma(z)^\gamma \log(1 + e^z)`."""
-    sign, positive = _label_sign(labels, x)
-    z = x * sign
-    loss = _pow(torch.sigmoid(z), gamma) * torch.nn.functional.softplus(z)
-    balance = _balance(positive.to(x.dtype), alpha)
-    return loss if balance is None else loss * balance
+def _balance(positive: Tensor, alpha: float | None, negate_positive: bool = False) -> Tensor | float:
+    """:math:`\alpha_t`: ``alpha`` at positives and ``1 - alpha`` elsewhere (``-alpha`` at positives if asked)."""
+    if alpha is None:
+        return torch.where(positive, -1.0, 1.0) if negate_positive else 1.0
+    return torch.where(positive, -alpha if negate_positive else alpha, 1 - alpha)
 
 
-def _focal_grad_labels(x: Tensor, labels: Tensor, gamma: float, alpha: float | None) -> Tensor:
-    r"""Gradient of :func:`_focal_forward_labels`.
-
-    .. math:: \partial\ell/\partial x = (1 - 2t)\,w\,\sigma(z)^\gamma [\gamma (1 - \sigma(z)) \log(1 + e^z) + \sigma(z)]
-    """
-    sign, positive = _label_sign(labels, x)
-    z = x * sign
-    q = torch.sigmoid(z)
-    inner = q if gamma == 0.0 else gamma * (1 - q) * torch.nn.functional.softplus(z) + q
-    grad = _pow(q, gamma) * inner * sign
-    balance = _balance(positive.to(x.dtype), alpha)
-    return grad if balance is None else grad * balance
+def _focal_labels(x: Tensor, labels: Tensor, gamma: float, alpha: float | None) -> Tensor:
+    r"""Binary targets: with :math:`z = (1 - 2t)\,x`, :math:`\ell = \alpha_t\,\sigma(z)^\gamma \log(1 + e^z)`."""
+    positive = _positive(labels, x)
+    q, softplus = _sigmoid_softplus(torch.where(positive, -x, x))
+    return _pow(q, gamma) * softplus * _balance(positive, alpha)
 
 
-def _focal_forward_dense(x: Tensor, t: Tensor, gamma: float, alpha: float | None) -> Tensor:
-    r"""Soft targets: :math:`q = \sigma + t(1 - 2\sigma)`, :math:`\ell = w\,q^\gamma (\log(1 + e^x) - x t)`."""
-    p = torch.sigmoid(x)
-    q = p + t * (1 - 2 * p)
-    loss = _pow(q, gamma) * (torch.nn.functional.softplus(x) - x * t)
-    balance = _balance(t, alpha)
-    return loss if balance is None else loss * balance
-
-
-def _focal_grad_dense(x: Tensor, t: Tensor, gamma: float, alpha: float | None) -> Tensor:
-    r"""Gradient of :func:`_focal_forward_dense`.
+def _focal_labels_grad(x: Tensor, labels: Tensor, gamma: float, alpha: float | None) -> Tensor:
+    r"""Gradient of :func:`_focal_labels`.
 
     .. math::
-        \partial\ell/\partial x = w[\gamma q^{\gamma-1}(1 - 2t)\sigma(1 - \sigma)\mathrm{BCE} + q^\gamma(\sigma - t)]
+        \partial\ell/\partial x = (1 - 2t)\,\alpha_t\,\sigma(z)^\gamma
+        [\gamma (1 - \sigma(z)) \log(1 + e^z) + \sigma(z)]
     """
-    p = torch.sigmoid(x)
+    positive = _positive(labels, x)
+    q, softplus = _sigmoid_softplus(torch.where(positive, -x, x))
+    inner = q if gamma == 0.0 else gamma * (1 - q) * softplus + q
+    return _pow(q, gamma) * inner * _balance(positive, alpha, negate_positive=True)
+
+
+def _dense_balance(t: Tensor, alpha: float | None) -> Tensor | float:
+    return 1.0 if alpha is None else (1 - alpha) + (2 * alpha - 1) * t
+
+
+def _focal_dense(x: Tensor, t: Tensor, gamma: float, alpha: float | None) -> Tensor:
+    r"""Soft targets: :math:`q = \sigma + t(1 - 2\sigma)`, :math:`\ell = \alpha_t\,q^\gamma (\log(1 + e^x) - x t)`."""
+    p, softplus = _sigmoid_softplus(x)
+    q = p + t * (1 - 2 * p)
+    return _pow(q, gamma) * (softplus - x * t) * _dense_balance(t, alpha)
+
+
+def _focal_dense_grad(x: Tensor, t: Tensor, gamma: float, alpha: float | None) -> Tensor:
+    r"""Gradient of :func:`_focal_dense`.
+
+    .. math::
+        \partial\ell/\partial x =
+        \alpha_t[\gamma q^{\gamma-1}(1 - 2t)\sigma(1 - \sigma)\mathrm{BCE} + q^\gamma(\sigma - t)]
+    """
+    p, softplus = _sigmoid_softplus(x)
     q = p + t * (1 - 2 * p)
     grad = _pow(q, gamma) * (p - t)
     if gamma != 0.0:
-        bce = torch.nn.functional.softplus(x) - x * t
         q_pow = q if gamma == 2.0 else q.clamp(min=torch.finfo(q.dtype).tiny).pow(gamma - 1)
-        grad = grad + gamma * q_pow * (1 - 2 * t) * p * (1 - p) * bce
-    balance = _balance(t, alpha)
-    return grad if balance is None else grad * balance
+        grad = grad + gamma * q_pow * (1 - 2 * t) * p * (1 - p) * (softplus - x * t)
+    return grad * _dense_balance(t, alpha)
 
 
-def _chunk_terms(
-    fn_labels: Any,
-    fn_dense: Any,
-    pred: Tensor,
-    target: Tensor | None,
-    labels: Tensor | None,
-    start: int,
-    stop: int,
-    dtype: torch.dtype,
-    gamma: float,
-    alpha: float | None,
-) -> Tensor:
-    x = pred[start:stop].to(dtype)
+def _qfl_parts(x: Tensor, labels: Tensor | None, scores: Tensor | None, target: Tensor | None) -> tuple[Tensor, Tensor]:
+    """Positive mask and per-element score: from ``labels`` / ``scores`` or a soft target (non-zero = positive)."""
     if labels is not None:
-        return run_kernel(fn_labels, pred.numel(), x, labels[start:stop], gamma, alpha)
-    return run_kernel(fn_dense, pred.numel(), x, target[start:stop].to(dtype), gamma, alpha)
+        return _positive(labels, x), scores.to(x.dtype)[:, None]
+    return target != 0, target
 
 
-class _SigmoidFocal(torch.autograd.Function):
-    """Sigmoid focal loss over ``(N, ...)`` logits, reduced (``divisor`` given) or element-wise."""
+def _qfl(x: Tensor, labels: Tensor | None, scores: Tensor | None, target: Tensor | None, beta: float) -> Tensor:
+    r"""Per-sample QFL: :math:`\sum_c` of BCE to ``s`` times :math:`|s - \sigma|^\beta` (positives) or
+    :math:`\sigma^\beta` (others), with :math:`\mathrm{BCE}(x, s) = \log(1 + e^x) - x s`."""
+    positive, score = _qfl_parts(x, labels, scores, target)
+    p, softplus = _sigmoid_softplus(x)
+    negative = softplus * _pow(p, beta)
+    positive_loss = (softplus - x * score) * _pow((score - p).abs(), beta)
+    return torch.where(positive, positive_loss, negative).sum(dim=-1)
+
+
+def _qfl_grad(x: Tensor, labels: Tensor | None, scores: Tensor | None, target: Tensor | None, beta: float) -> Tensor:
+    r"""Gradient of :func:`_qfl` per element.
+
+    .. math::
+        \text{neg: } \sigma^\beta(\sigma + \beta (1 - \sigma)\log(1 + e^x)), \quad
+        \text{pos: } d|d|^\beta + \beta\,\mathrm{BCE}\,\mathrm{sign}(d)|d|^{\beta - 1}\sigma(1 - \sigma),
+        \quad d = \sigma - s
+    """
+    positive, score = _qfl_parts(x, labels, scores, target)
+    p, softplus = _sigmoid_softplus(x)
+    negative = _pow(p, beta) * (p + beta * (1 - p) * softplus)
+    d = p - score
+    if beta == 2.0:
+        modulated = 2 * d
+    else:
+        modulated = beta * torch.sign(d) * d.abs().clamp(min=torch.finfo(d.dtype).tiny).pow(beta - 1)
+    positive_grad = d * _pow(d.abs(), beta) + (softplus - x * score) * modulated * p * (1 - p)
+    return torch.where(positive, positive_grad, negative)
+
+
+def _sum_kernel(fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
+    """``(x, w, *tensors, *consts) -> Σ w·fn``."""
+
+    def kernel(x: Tensor, w: Tensor | None, *args: Any) -> Tensor:
+        loss = fn(_to_compute(x), *(_to_compute(a) if isinstance(a, Tensor) else a for a in args))
+        return (loss if w is None else loss * w).sum()
+
+    return cached_kernel("sum", fn, kernel)
+
+
+def _out_kernel(fn: Callable[..., Tensor]) -> Callable[..., None]:
+    """``(out, x, w, *tensors, *consts)``: ``out ← w·fn``."""
+
+    def kernel(out: Tensor, x: Tensor, w: Tensor | None, *args: Any) -> None:
+        loss = fn(_to_compute(x), *(_to_compute(a) if isinstance(a, Tensor) else a for a in args))
+        out.copy_(loss if w is None else loss * w)
+
+    return cached_kernel("out", fn, kernel)
+
+
+def _grad_kernel(grad_fn: Callable[..., Tensor]) -> Callable[..., None]:
+    """``(out, x, w, coef, *tensors, *consts)``: ``out ← ∂fn/∂x · w · coef`` (per-row factors broadcast)."""
+
+    def kernel(out: Tensor, x: Tensor, w: Tensor | None, coef: Tensor, *args: Any) -> None:
+        grad = grad_fn(_to_compute(x), *(_to_compute(a) if isinstance(a, Tensor) else a for a in args))
+        factor = coef if w is None else coef * w
+        if 0 < factor.ndim < grad.ndim:
+            factor = factor.reshape(factor.shape + (1,) * (grad.ndim - factor.ndim))
+        out.copy_(grad * factor)
+
+    return cached_kernel("grad", grad_fn, kernel)
+
+
+def _slice(t: Tensor | None, start: int, stop: int) -> Tensor | None:
+    return None if t is None else t[start:stop]
+
+
+class _ElementwiseLoss(torch.autograd.Function):
+    """``Σ w·fn(pred, *tensors) / divisor`` (or ``w·fn`` unreduced) with ``grad_fn`` as the closed-form backward.
+
+    ``fn`` is element-wise over ``pred`` (``per_row=False``) or sums each row (``per_row=True``); ``weight``
+    has the loss's shape, ``tensors`` (labels, targets) are sliced by rows along with ``pred``.
+    """
 
     @staticmethod
     def forward(  # type: ignore[override]
         ctx: Any,
-        pred: Tensor,
-        target: Tensor | None,
-        labels: Tensor | None,
+        fn: Callable[..., Tensor],
+        grad_fn: Callable[..., Tensor],
+        per_row: bool,
+        consts: tuple[Any, ...],
         weight: Tensor | None,
         divisor: float | Tensor | None,
-        gamma: float,
-        alpha: float | None,
+        pred: Tensor,
+        *tensors: Tensor | None,
     ) -> Tensor:
         dtype = _compute_dtype(pred.dtype)
-        rows = pred.shape[0]
-        step = _chunk_rows(pred[0].numel() if rows else 1)
-        total = torch.zeros((), dtype=dtype, device=pred.device)
-        out = None if divisor is not None else torch.empty(pred.shape, dtype=pred.dtype, device=pred.device)
+        rows, numel = pred.shape[0], pred.numel()
+        step = _step(pred)
+        out = None
+        if divisor is None:
+            out = torch.empty(pred.shape[:1] if per_row else pred.shape, dtype=pred.dtype, device=pred.device)
+        kernel = _out_kernel(fn) if out is not None else _sum_kernel(fn)
+        parts = [pred.new_zeros((), dtype=dtype)]
         for start in range(0, rows, step):
             stop = min(start + step, rows)
-            loss = _chunk_terms(
-                _focal_forward_labels, _focal_forward_dense, pred, target, labels, start, stop, dtype, gamma, alpha
-            )
-            if weight is not None:
-                loss = loss * weight[start:stop]
+            chunk = [_slice(t, start, stop) for t in (pred, weight, *tensors)]
             if out is None:
-                total += loss.sum()
+                parts.append(run_kernel(kernel, numel, *chunk, *consts))
             else:
-                out[start:stop] = loss
-        ctx.save_for_backward(pred, target, labels, weight, divisor if isinstance(divisor, Tensor) else None)
-        ctx.divisor = divisor
-        ctx.gamma, ctx.alpha = gamma, alpha
+                run_kernel(kernel, numel, out[start:stop], *chunk, *consts)
+        ctx.save_for_backward(pred, weight, divisor if isinstance(divisor, Tensor) else None, *tensors)
+        ctx.divisor, ctx.grad_fn, ctx.consts = divisor, grad_fn, consts
         if out is not None:
             return out
-        return total / divisor
+        return (parts[-1] if len(parts) == 2 else torch.stack(parts).sum()) / divisor
 
     @staticmethod
     def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
-        pred, target, labels, weight, divisor_tensor = ctx.saved_tensors
+        pred, weight, divisor_tensor, *tensors = ctx.saved_tensors
         divisor = divisor_tensor if divisor_tensor is not None else ctx.divisor
         dtype = _compute_dtype(pred.dtype)
+        coef = grad_out.to(dtype) / divisor if divisor is not None else grad_out.to(dtype)
         grad = torch.empty_like(pred)
-        rows = pred.shape[0]
-        step = _chunk_rows(pred[0].numel() if rows else 1)
-        scale = grad_out.to(dtype) / divisor if divisor is not None else None
+        rows, numel = pred.shape[0], pred.numel()
+        step = _step(pred)
+        kernel = _grad_kernel(ctx.grad_fn)
         for start in range(0, rows, step):
             stop = min(start + step, rows)
-            g = _chunk_terms(
-                _focal_grad_labels, _focal_grad_dense, pred, target, labels, start, stop, dtype, ctx.gamma, ctx.alpha
-            )
-            if weight is not None:
-                g = g * weight[start:stop]
-            g = g * (scale if scale is not None else grad_out[start:stop].to(dtype))
-            grad[start:stop] = g
-        return grad, None, None, None, None, None, None
+            x, w, *chunk = (_slice(t, start, stop) for t in (pred, weight, *tensors))
+            c = coef if coef.ndim == 0 else coef[start:stop]
+            run_kernel(kernel, numel, grad[start:stop], x, w, c, *chunk, *ctx.consts)
+        return (None, None, None, None, None, None, grad, *(None for _ in tensors))
+
+
+def _step(pred: Tensor) -> int:
+    """Rows per kernel call: all of them when compiled (one fused pass, no temporaries), else one chunk."""
+    rows = pred.shape[0]
+    if compiles(pred.numel()):
+        return max(rows, 1)
+    return _chunk_rows(pred[0].numel() if rows else 1)
 
 
 def fused_sigmoid_focal_loss(
@@ -233,114 +338,10 @@ def fused_sigmoid_focal_loss(
         weight = weight.expand(pred.shape)
     if divisor is not None and not isinstance(divisor, Tensor):
         divisor = float(divisor)
-    return _SigmoidFocal.apply(pred, target, labels, weight, divisor, gamma, alpha)
-
-
-def _qfl_positive(
-    x: Tensor, labels: Tensor | None, scores: Tensor | None, target: Tensor | None
-) -> tuple[Tensor, Tensor]:
-    """Positive mask and per-element score of a chunk: from ``labels`` / ``scores`` or a soft target."""
+    consts = (float(gamma), None if alpha is None else float(alpha))
     if labels is not None:
-        positive = labels[:, None] == torch.arange(x.shape[-1], device=x.device)
-        return positive, scores.to(x.dtype)[:, None].expand_as(x)
-    return target != 0, target
-
-
-def _qfl_forward(x: Tensor, positive: Tensor, score: Tensor, beta: float) -> Tensor:
-    r"""Per-sample QFL: :math:`\sum_c` of BCE to ``s`` times :math:`|s - \sigma|^\beta` (positives) or
-    :math:`\sigma^\beta` (others), with :math:`\mathrm{BCE}(x, s) = \log(1 + e^x) - x s`."""
-    p = torch.sigmoid(x)
-    softplus = torch.nn.functional.softplus(x)
-    negative = softplus * _pow(p, beta)
-    positive_loss = (softplus - x * score) * _pow((score - p).abs(), beta)
-    return torch.where(positive, positive_loss, negative).sum(dim=-1)
-
-
-def _qfl_grad(x: Tensor, positive: Tensor, score: Tensor, beta: float) -> Tensor:
-    r"""Gradient of :func:`_qfl_forward` per element (before the upstream per-sample factor).
-
-    .. math::
-        \text{neg: } \sigma^\beta(\sigma + \beta (1 - \sigma)\log(1 + e^x)), \quad
-        \text{pos: } d|d|^\beta + \beta\,\mathrm{BCE}\,\mathrm{sign}(d)|d|^{\beta - 1}\sigma(1 - \sigma),
-        \quad d = \sigma - s
-    """
-    p = torch.sigmoid(x)
-    softplus = torch.nn.functional.softplus(x)
-    negative = _pow(p, beta) * (p + beta * (1 - p) * softplus)
-    d = p - score
-    if beta == 2.0:
-        modulated = 2 * d
-    else:
-        modulated = beta * torch.sign(d) * d.abs().clamp(min=torch.finfo(d.dtype).tiny).pow(beta - 1)
-    positive_grad = d * _pow(d.abs(), beta) + (softplus - x * score) * modulated * p * (1 - p)
-    return torch.where(positive, positive_grad, negative)
-
-
-def _rows(tensors: tuple[Tensor | None, ...], start: int, stop: int, dtype: torch.dtype) -> list[Tensor | None]:
-    """Rows ``start:stop`` of each tensor (floating ones in ``dtype``), ``None`` passed through."""
-    out: list[Tensor | None] = []
-    for t in tensors:
-        if t is None:
-            out.append(None)
-        else:
-            rows = t[start:stop]
-            out.append(rows.to(dtype) if rows.is_floating_point() else rows)
-    return out
-
-
-class _QualityFocal(torch.autograd.Function):
-    """Quality focal loss over ``(N, C)`` logits: per-sample values, or their weighted reduction."""
-
-    @staticmethod
-    def forward(  # type: ignore[override]
-        ctx: Any,
-        pred: Tensor,
-        labels: Tensor | None,
-        scores: Tensor | None,
-        target: Tensor | None,
-        weight: Tensor | None,
-        divisor: float | Tensor | None,
-        beta: float,
-    ) -> Tensor:
-        dtype = _compute_dtype(pred.dtype)
-        rows = pred.shape[0]
-        step = _chunk_rows(pred.shape[-1])
-        total = torch.zeros((), dtype=dtype, device=pred.device)
-        out = None if divisor is not None else torch.empty(rows, dtype=pred.dtype, device=pred.device)
-        for start in range(0, rows, step):
-            stop = min(start + step, rows)
-            x = pred[start:stop].to(dtype)
-            positive, score = _qfl_positive(x, *_rows((labels, scores, target), start, stop, dtype))
-            loss = run_kernel(_qfl_forward, pred.numel(), x, positive, score, beta)
-            if weight is not None:
-                loss = loss * weight[start:stop]
-            if out is None:
-                total += loss.sum()
-            else:
-                out[start:stop] = loss
-        ctx.save_for_backward(pred, labels, scores, target, weight, divisor if isinstance(divisor, Tensor) else None)
-        ctx.divisor, ctx.beta = divisor, beta
-        return out if out is not None else total / divisor
-
-    @staticmethod
-    def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
-        pred, labels, scores, target, weight, divisor_tensor = ctx.saved_tensors
-        divisor = divisor_tensor if divisor_tensor is not None else ctx.divisor
-        dtype = _compute_dtype(pred.dtype)
-        grad = torch.empty_like(pred)
-        rows = pred.shape[0]
-        step = _chunk_rows(pred.shape[-1])
-        scale = grad_out.to(dtype) / divisor if divisor is not None else None
-        for start in range(0, rows, step):
-            stop = min(start + step, rows)
-            x = pred[start:stop].to(dtype)
-            positive, score = _qfl_positive(x, *_rows((labels, scores, target), start, stop, dtype))
-            g = run_kernel(_qfl_grad, pred.numel(), x, positive, score, ctx.beta)
-            row = scale if scale is not None else grad_out[start:stop].to(dtype)[:, None]
-            if weight is not None:
-                row = row * weight[start:stop, None]
-            grad[start:stop] = g * row
-        return grad, None, None, None, None, None, None
+        return _ElementwiseLoss.apply(_focal_labels, _focal_labels_grad, False, consts, weight, divisor, pred, labels)
+    return _ElementwiseLoss.apply(_focal_dense, _focal_dense_grad, False, consts, weight, divisor, pred, target)
 
 
 def fused_quality_focal_loss(
@@ -367,4 +368,4 @@ def fused_quality_focal_loss(
         weight = weight.expand(pred.shape[:1])
     if divisor is not None and not isinstance(divisor, Tensor):
         divisor = float(divisor)
-    return _QualityFocal.apply(pred, labels, scores, target, weight, divisor, beta)
+    return _ElementwiseLoss.apply(_qfl, _qfl_grad, True, (float(beta),), weight, divisor, pred, labels, scores, target)

@@ -9,29 +9,34 @@ Weighting and the reduction happen inside, so the reduced path never holds a per
 
 from __future__ import annotations
 
-import functools
-import types
 from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from lightning_losses.functional.fused import COMPILE_MIN_ELEMENTS, _chunk_rows, _compute_dtype, run_kernel
+from lightning_losses.functional.fused import (
+    COMPILE_MIN_ELEMENTS,
+    _chunk_rows,
+    _compute_dtype,
+    cached_kernel,
+    compiles,
+    run_kernel,
+)
 
 __all__ = ["fused_rowwise_loss", "vjp_kernel"]
 
 # Rows per chunk, at most: a compiled vector-Jacobian product still writes about fifteen per-row buffers
-# (one per slice of a box's coordinates), and eagerly every intermediate is one. (Whole-input calls of a
-# compiled closed form measured slower: chunks stay in cache between a row's passes.)
+# (one per slice of a box's coordinates), and eagerly every intermediate is one.
 _MAX_CHUNK_ROWS = 1 << 16
 
 
-def _step(pred: Tensor) -> int:
+def _step(pred: Tensor, whole: bool) -> int:
+    """Rows per kernel call: all of them if ``whole`` (a compiled kernel that allocates no temporaries),
+    else one chunk."""
+    if whole:
+        return max(pred.shape[0], 1)
     return min(_chunk_rows(pred[0].numel() if pred.shape[0] else 1), _MAX_CHUNK_ROWS)
-
-
-_kernels: dict[tuple[str, Callable[..., Tensor]], Callable[..., Tensor]] = {}
 
 
 def vjp_kernel(fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
@@ -46,37 +51,31 @@ def vjp_kernel(fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
         _, pullback = torch.func.vjp(lambda p: fn(p, target, *args), pred)
         return pullback(grad_out)[0]
 
-    return _cached("vjp", fn, kernel)
+    return cached_kernel("vjp", fn, kernel)
 
 
-def _cached(kind: str, fn: Callable[..., Any], kernel: Callable[..., Any]) -> Callable[..., Any]:
-    """One kernel per (kind, fn), each with a code object of its own.
+def _forward_kernel(fn: Callable[..., Any], kind: str, saves: bool) -> Callable[..., Any]:
+    """Per chunk: ``w·fn`` per row (``"rows"``), ``Σ w·fn`` (``"sum"``), or ``[Σ w·fn, Σ_i w_i Σ_k x_ik]``
+    (``"shortcut"``: the second sum is the zero-weight rule's value); with ``saves``, paired with the
+    per-row values ``fn`` keeps for backward."""
 
-    The kernels are closures of a few shared functions; dynamo caches compilations per code object (8 at
-    most), so sharing one across the IoU family and DFL would exhaust it and drop later kernels to eager.
-    """
-    key = (kind, fn)
-    if key not in _kernels:
-        name = f"{getattr(fn, '__name__', 'kernel')}_{kind}"
-        code = kernel.__code__.replace(co_name=name)
-        own = types.FunctionType(code, kernel.__globals__, name, kernel.__defaults__, kernel.__closure__)
-        _kernels[key] = functools.update_wrapper(own, kernel, assigned=("__doc__", "__annotations__"))
-    return _kernels[key]
-
-
-def _forward_kernel(fn: Callable[..., Tensor], reduce: bool) -> Callable[..., Tensor]:
-    """Per chunk: ``w·fn`` per row, or ``[Σ w·fn, Σ_i w_i Σ_k x_ik]`` (the second for the zero-weight rule)."""
-
-    def kernel(x: Tensor, t: Tensor, w: Tensor | None, *args: Any) -> Tensor:
+    def kernel(x: Tensor, t: Tensor, w: Tensor | None, *args: Any) -> Any:
         loss = fn(x, t, *args)
+        saved = None
+        if saves:
+            loss, saved = loss
         if w is not None:
             loss = loss * w
-        if not reduce:
-            return loss
-        rows_sum = x.reshape(x.shape[0], -1).sum(-1)
-        return torch.stack([loss.sum(), (rows_sum if w is None else rows_sum * w).sum()])
+        if kind == "rows":
+            result = loss
+        elif kind == "sum":
+            result = loss.sum()
+        else:
+            rows_sum = x.reshape(x.shape[0], -1).sum(-1)
+            result = torch.stack([loss.sum(), (rows_sum if w is None else rows_sum * w).sum()])
+        return (result, saved) if saves else result
 
-    return _cached("sum" if reduce else "rows", fn, kernel)
+    return cached_kernel(kind, fn, kernel)
 
 
 def _backward_kernel(grad_fn: Callable[..., Tensor]) -> Callable[..., None]:
@@ -91,18 +90,19 @@ def _backward_kernel(grad_fn: Callable[..., Tensor]) -> Callable[..., None]:
         w: Tensor | None,
         has_positive: Tensor | None,
         upstream: Tensor,
+        saved: Tensor | None,
         *args: Any,
     ) -> None:
         g = coef.expand(x.shape[0]) if coef.ndim == 0 else coef
         if w is not None:
             g = g * w
-        grad = grad_fn(x, t, g, *args)
+        grad = grad_fn(x, t, g, *args) if saved is None else grad_fn(x, t, g, saved, *args)
         if has_positive is not None:
             shape = (x.shape[0],) + (1,) * (x.dim() - 1)
             grad = torch.where(has_positive, grad, (upstream * w).reshape(shape).expand_as(grad))
         out.copy_(grad)  # compiled, the kernel stores straight into the gradient's rows
 
-    return _cached("backward", grad_fn, kernel)
+    return cached_kernel("backward", grad_fn, kernel)
 
 
 class _RowwiseLoss(torch.autograd.Function):
@@ -110,50 +110,67 @@ class _RowwiseLoss(torch.autograd.Function):
 
     With ``shortcut`` (a weight and a divisor given), MMDetection's box-loss rule is folded in: where no
     weight is positive the result is ``Σ_i w_i Σ_k pred_ik`` instead, chosen on the device. One autograd
-    node then carries both branches, so backward writes a single ``pred``-sized gradient.
+    node then carries both branches, so backward writes a single ``pred``-sized gradient. With ``saves``,
+    ``fn`` returns ``(loss, saved)`` and the per-row ``saved`` (say, a log-sum-exp) goes to ``grad_fn``.
     """
 
     @staticmethod
     def forward(  # type: ignore[override]
         ctx: Any,
-        fn: Callable[..., Tensor],
+        fn: Callable[..., Any],
         grad_fn: Callable[..., Tensor],
+        closed_form: bool,
         min_elements: int,
         weight: Tensor | None,
         divisor: float | Tensor | None,
         scale: float,
         shortcut: bool,
+        saves: bool,
         pred: Tensor,
         target: Tensor,
         *args: Any,
     ) -> Tensor:
         dtype = _compute_dtype(pred.dtype)
         rows = pred.shape[0]
-        step = _step(pred)
-        kernel = _forward_kernel(fn, reduce=divisor is not None)
-        parts = []
+        step = _step(pred, compiles(pred.numel(), min_elements))
+        kind = "rows" if divisor is None else "shortcut" if shortcut else "sum"
+        kernel = _forward_kernel(fn, kind, saves)
+        parts, saved_parts = [], []
         for start in range(0, rows, step):
             stop = min(start + step, rows)
             x, t = pred[start:stop].to(dtype), target[start:stop].to(dtype)
             w = None if weight is None else weight[start:stop].to(dtype)
-            parts.append(run_kernel(kernel, pred.numel(), x, t, w, *args, min_elements=min_elements))
+            part = run_kernel(kernel, pred.numel(), x, t, w, *args, min_elements=min_elements)
+            if saves:
+                part, saved_part = part
+                saved_parts.append(saved_part)
+            parts.append(part)
+        saved = None
+        if saves:
+            saved = torch.cat(saved_parts) if len(saved_parts) > 1 else saved_parts[0] if saved_parts else None
         has_positive = (weight > 0).any() if shortcut else None
-        ctx.save_for_backward(pred, target, weight, divisor if isinstance(divisor, Tensor) else None, has_positive)
+        divisor_tensor = divisor if isinstance(divisor, Tensor) else None
+        ctx.save_for_backward(pred, target, weight, divisor_tensor, has_positive, saved)
         ctx.divisor, ctx.scale, ctx.grad_fn, ctx.min_elements, ctx.args = divisor, scale, grad_fn, min_elements, args
+        ctx.closed_form = closed_form
         if divisor is None:
             out = torch.cat(parts) if parts else pred.new_zeros(0, dtype=dtype)
             return out * scale if scale != 1.0 else out
+        if not shortcut:
+            total = torch.stack(parts).sum() if parts else pred.new_zeros((), dtype=dtype)
+            return scale * (total / divisor)
         sums = torch.stack(parts).sum(0) if parts else pred.new_zeros(2, dtype=dtype)
         loss = scale * (sums[0] / divisor)
-        return loss if has_positive is None else torch.where(has_positive, loss, sums[1])
+        return torch.where(has_positive, loss, sums[1])
 
     @staticmethod
     def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
-        pred, target, weight, divisor_tensor, has_positive = ctx.saved_tensors
+        pred, target, weight, divisor_tensor, has_positive, saved = ctx.saved_tensors
         divisor = divisor_tensor if divisor_tensor is not None else ctx.divisor
         dtype = _compute_dtype(pred.dtype)
         rows = pred.shape[0]
-        step = _step(pred)
+        # A compiled vector-Jacobian product keeps per-coordinate buffers: it runs chunk by chunk.
+        step = _step(pred, ctx.closed_form and compiles(pred.numel(), ctx.min_elements))
         upstream = grad_out.to(dtype)
         coef = upstream * (ctx.scale / divisor) if divisor is not None else upstream * ctx.scale
         kernel = _backward_kernel(ctx.grad_fn)
@@ -174,10 +191,11 @@ class _RowwiseLoss(torch.autograd.Function):
                 w,
                 has_positive,
                 up,
+                None if saved is None else saved[start:stop],
                 *ctx.args,
                 min_elements=ctx.min_elements,
             )
-        return (None, None, None, None, None, None, None, grad, None, *(None for _ in ctx.args))
+        return (None,) * 9 + (grad, None, *(None for _ in ctx.args))
 
 
 def fused_rowwise_loss(
@@ -190,6 +208,7 @@ def fused_rowwise_loss(
     scale: float = 1.0,
     zero_weight_shortcut: bool = False,
     grad_fn: Callable[..., Tensor] | None = None,
+    saves: bool = False,
     min_elements: int = COMPILE_MIN_ELEMENTS,
 ) -> Tensor:
     """``scale · w · fn(pred, target, *args)`` per row of ``pred``, summed and divided by ``divisor`` if given,
@@ -214,6 +233,8 @@ def fused_rowwise_loss(
         zero_weight_shortcut: with a ``weight`` and a ``divisor``: where no weight is positive, return
             ``Σ_i w_i Σ_k pred_ik`` without ``scale`` (MMDetection's box-loss rule), decided on the device.
         grad_fn: closed-form gradient of ``fn`` with respect to ``pred``.
+        saves: ``fn`` returns ``(loss, saved)``: ``saved`` is an ``(N,)`` per-row value the forward keeps
+            for backward, which calls ``grad_fn(pred, target, grad_out, saved, *args)`` (needs ``grad_fn``).
         min_elements: compile threshold of ``run_kernel``.
     """
     if weight is not None:
@@ -222,6 +243,7 @@ def fused_rowwise_loss(
     if torch.is_grad_enabled() and (target.requires_grad or (weight is not None and weight.requires_grad)):
         dtype = _compute_dtype(pred.dtype)
         loss = fn(pred.to(dtype), target.to(dtype), *args)
+        loss = loss[0] if saves else loss
         loss = loss if weight is None else loss * weight
         if divisor is None:
             return loss * scale
@@ -232,5 +254,10 @@ def fused_rowwise_loss(
         return torch.where((weight > 0).any(), loss, (rows_sum * weight).sum())
     if divisor is not None and not isinstance(divisor, Tensor):
         divisor = float(divisor)
+    if saves and grad_fn is None:
+        raise ValueError("`saves=True` needs a closed-form `grad_fn` that takes the saved rows")
+    closed_form = grad_fn is not None
     grad_fn = grad_fn or vjp_kernel(fn)
-    return _RowwiseLoss.apply(fn, grad_fn, min_elements, weight, divisor, float(scale), shortcut, pred, target, *args)
+    return _RowwiseLoss.apply(
+        fn, grad_fn, closed_form, min_elements, weight, divisor, float(scale), shortcut, saves, pred, target, *args
+    )

@@ -123,6 +123,44 @@ def test_compiled_kernels_equal_eager(monkeypatch):
         torch.testing.assert_close(results["1", kind][1], results["0", kind][1])
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("reduce", [True, False])
+def test_compiled_whole_input_kernels_equal_the_composite_formula(dtype, reduce, monkeypatch):
+    """Compiled, the kernels take the whole input in one call, weight and reduction inside: focal (labels and
+    soft targets) and QFL against the composite formulas, values and gradients, with an upstream gradient."""
+    monkeypatch.setenv(COMPILE_ENV, "1")
+    x, labels, onehot, soft = _case(n=300, c=7, seed=6, dtype=dtype)
+    xf = x.detach().float().requires_grad_()
+    weight = torch.rand(300, 7)
+    divisor = 11.0 if reduce else None
+    scores = torch.rand(300)
+    cases = [
+        (
+            lambda z: fused_sigmoid_focal_loss(z, None, labels, weight, divisor, 2.0, 0.25),
+            lambda z: composite_focal(z, onehot, 2.0, 0.25) * weight,
+        ),
+        (
+            lambda z: fused_sigmoid_focal_loss(z, soft.to(dtype), None, weight, divisor, 1.5, None),
+            lambda z: composite_focal(z, soft.to(dtype).float(), 1.5, None) * weight,
+        ),
+        (
+            lambda z: fused.fused_quality_focal_loss(z, labels, scores, None, weight[:, 0], divisor, 2.0),
+            lambda z: composite_qfl(z, labels, scores, 2.0) * weight[:, 0],
+        ),
+    ]
+    tol = {} if dtype == torch.float32 else {"rtol": 1e-2, "atol": 1e-2}
+    for fast, slow in cases:
+        out = fast(x)
+        ref = slow(xf)
+        ref = ref.sum() / divisor if reduce else ref
+        torch.testing.assert_close(out.float(), ref, **tol)
+        upstream = torch.randn(ref.shape)
+        (grad,) = torch.autograd.grad(out, x, upstream.to(out.dtype))
+        (ref_grad,) = torch.autograd.grad(ref, xf, upstream)
+        assert grad.dtype == dtype
+        torch.testing.assert_close(grad.float(), ref_grad, **tol)
+
+
 def composite_qfl(x, labels, scores, beta):
     """The unfused QFL: BCE(x, 0)·σ^β everywhere, overwritten at (i, y_i) by BCE(x, s)·|s − σ|^β, summed."""
     p = x.sigmoid()

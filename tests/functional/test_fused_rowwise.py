@@ -95,8 +95,10 @@ def test_gradcheck_float64_through_the_row_kernel(name, monkeypatch):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_backward_keeps_only_the_inputs(name):
-    """Saved-tensor hooks count what autograd keeps: the inputs only, versus every intermediate of the composite."""
+    """Saved-tensor hooks count what autograd keeps: the inputs only (and DFL's per-row log-sum-exp), versus
+    every intermediate of the composite."""
     pred, target = case(name, n=64)
+    per_row = pred.shape[0] if name == "distribution_focal_loss" else 0
     saved = []
 
     def pack(t):
@@ -105,7 +107,7 @@ def test_backward_keeps_only_the_inputs(name):
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         getattr(LF, name)(pred, target)
-    assert sum(saved) == pred.numel() + target.numel()
+    assert sum(saved) == pred.numel() + target.numel() + per_row
     saved.clear()
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         composite(name, pred, target).mean()
@@ -150,12 +152,44 @@ def test_empty_input_gives_zero_with_a_graph(name):
 def test_each_row_kernel_has_its_own_code_object():
     """dynamo caches at most 8 compilations per code object: kernels built from one closure must not share theirs,
     or the last losses of a model silently fall back to eager."""
-    from lightning_losses.functional import fused_rows
-
     for name in NAMES:
         pred, target = case(name, n=8)
         getattr(LF, name)(pred, target).backward()
         getattr(LF, name)(pred, target, reduction="none").sum().backward()
-    kernels = list(fused_rows._kernels.values())
-    assert len(kernels) >= 3 * len(NAMES)
+    logits, labels = torch.randn(8, 3, requires_grad=True), torch.tensor([0, 1, 2, 3, 0, 1, 2, 3])
+    for reduction in ("mean", "none"):
+        LF.sigmoid_focal_loss(logits, labels, reduction=reduction).sum().backward()
+        LF.sigmoid_focal_loss(logits, torch.rand(8, 3), reduction=reduction).sum().backward()
+        LF.quality_focal_loss(logits, (labels, torch.rand(8)), reduction=reduction).sum().backward()
+    kernels = list(fused._kernels.values())
+    assert len(kernels) >= 3 * len(NAMES) + 3 * 3
     assert len({k.__code__ for k in kernels}) == len(kernels)
+
+
+def test_saved_rows_need_a_closed_form_gradient():
+    from lightning_losses.functional.fused_rows import fused_rowwise_loss
+
+    with pytest.raises(ValueError, match="grad_fn"):
+        fused_rowwise_loss(lambda x, t: (x.sum(1), x.sum(1)), torch.randn(3, 2), torch.randn(3, 2), saves=True)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_compiled_dfl_reuses_the_forward_log_sum_exp(reduction, monkeypatch):
+    """Compiled on the whole input, DFL's backward reads the forward's saved log-sum-exp: values and gradients
+    equal the two cross-entropies written with F.cross_entropy, with a weight and an upstream gradient."""
+    monkeypatch.setenv(COMPILE_ENV, "1")
+    gen = torch.Generator().manual_seed(9)
+    pred = torch.randn(700, 9, generator=gen).requires_grad_()
+    target = torch.rand(700, generator=gen) * 8
+    weight = torch.rand(700, generator=gen)
+    out = LF.distribution_focal_loss(pred, target, weight=weight, reduction=reduction, avg_factor=None)
+    left = target.long()
+    right = (left + 1).clamp(max=8)
+    ref = (
+        F.cross_entropy(pred, left, reduction="none") * (left + 1 - target)
+        + F.cross_entropy(pred, right, reduction="none") * (target - left)
+    ) * weight
+    ref = ref.mean() if reduction == "mean" else ref
+    torch.testing.assert_close(out, ref)
+    upstream = torch.randn(ref.shape, generator=gen)
+    torch.testing.assert_close(torch.autograd.grad(out, pred, upstream)[0], torch.autograd.grad(ref, pred, upstream)[0])
