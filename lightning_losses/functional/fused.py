@@ -182,13 +182,13 @@ def _qfl_parts(x: Tensor, labels: Tensor | None, scores: Tensor | None, target: 
 
 
 def _qfl(x: Tensor, labels: Tensor | None, scores: Tensor | None, target: Tensor | None, beta: float) -> Tensor:
-    r"""Per-sample QFL: :math:`\sum_c` of BCE to ``s`` times :math:`|s - \sigma|^\beta` (positives) or
-    :math:`\sigma^\beta` (others), with :math:`\mathrm{BCE}(x, s) = \log(1 + e^x) - x s`."""
+    r"""QFL per element (a sample's loss is its row's sum): BCE to ``s`` times :math:`|s - \sigma|^\beta` at
+    positives, :math:`\sigma^\beta` times BCE to 0 elsewhere; :math:`\mathrm{BCE}(x, s) = \log(1 + e^x) - x s`."""
     positive, score = _qfl_parts(x, labels, scores, target)
     p, softplus = _sigmoid_softplus(x)
     negative = softplus * _pow(p, beta)
     positive_loss = (softplus - x * score) * _pow((score - p).abs(), beta)
-    return torch.where(positive, positive_loss, negative).sum(dim=-1)
+    return torch.where(positive, positive_loss, negative)
 
 
 def _qfl_grad(x: Tensor, labels: Tensor | None, scores: Tensor | None, target: Tensor | None, beta: float) -> Tensor:
@@ -211,24 +211,33 @@ def _qfl_grad(x: Tensor, labels: Tensor | None, scores: Tensor | None, target: T
     return torch.where(positive, positive_grad, negative)
 
 
+def _broadcast(factor: Tensor, like: Tensor) -> Tensor:
+    """A per-row ``factor`` ``(rows,)`` viewed against the element-wise ``like`` ``(rows, C)``."""
+    if 0 < factor.ndim < like.ndim:
+        return factor.reshape(factor.shape + (1,) * (like.ndim - factor.ndim))
+    return factor
+
+
 def _sum_kernel(fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
-    """``(x, w, *tensors, *consts) -> Σ w·fn``."""
+    """``(x, w, *tensors, *consts) -> Σ w·fn`` over every element (a per-row ``w`` broadcast over the row)."""
 
     def kernel(x: Tensor, w: Tensor | None, *args: Any) -> Tensor:
         loss = fn(_to_compute(x), *(_to_compute(a) if isinstance(a, Tensor) else a for a in args))
-        return (loss if w is None else loss * w).sum()
+        return (loss if w is None else loss * _broadcast(w, loss)).sum()
 
     return cached_kernel("sum", fn, kernel)
 
 
-def _out_kernel(fn: Callable[..., Tensor]) -> Callable[..., None]:
-    """``(out, x, w, *tensors, *consts)``: ``out ← w·fn``."""
+def _out_kernel(fn: Callable[..., Tensor], per_row: bool) -> Callable[..., None]:
+    """``(out, x, w, *tensors, *consts)``: ``out ← w·fn``, or ``w·Σ_c fn`` per row."""
 
     def kernel(out: Tensor, x: Tensor, w: Tensor | None, *args: Any) -> None:
         loss = fn(_to_compute(x), *(_to_compute(a) if isinstance(a, Tensor) else a for a in args))
+        if per_row:
+            loss = loss.sum(dim=-1)
         out.copy_(loss if w is None else loss * w)
 
-    return cached_kernel("out", fn, kernel)
+    return cached_kernel("rows" if per_row else "out", fn, kernel)
 
 
 def _grad_kernel(grad_fn: Callable[..., Tensor]) -> Callable[..., None]:
@@ -236,10 +245,7 @@ def _grad_kernel(grad_fn: Callable[..., Tensor]) -> Callable[..., None]:
 
     def kernel(out: Tensor, x: Tensor, w: Tensor | None, coef: Tensor, *args: Any) -> None:
         grad = grad_fn(_to_compute(x), *(_to_compute(a) if isinstance(a, Tensor) else a for a in args))
-        factor = coef if w is None else coef * w
-        if 0 < factor.ndim < grad.ndim:
-            factor = factor.reshape(factor.shape + (1,) * (grad.ndim - factor.ndim))
-        out.copy_(grad * factor)
+        out.copy_(grad * _broadcast(coef if w is None else coef * w, grad))
 
     return cached_kernel("grad", grad_fn, kernel)
 
@@ -251,8 +257,9 @@ def _slice(t: Tensor | None, start: int, stop: int) -> Tensor | None:
 class _ElementwiseLoss(torch.autograd.Function):
     """``Σ w·fn(pred, *tensors) / divisor`` (or ``w·fn`` unreduced) with ``grad_fn`` as the closed-form backward.
 
-    ``fn`` is element-wise over ``pred`` (``per_row=False``) or sums each row (``per_row=True``); ``weight``
-    has the loss's shape, ``tensors`` (labels, targets) are sliced by rows along with ``pred``.
+    ``fn`` and ``grad_fn`` are element-wise over ``pred``; with ``per_row=True`` a sample's loss is its
+    row's sum and ``weight`` is per row, else ``weight`` has ``pred``'s shape. ``tensors`` (labels,
+    targets) are sliced by rows along with ``pred``.
     """
 
     @staticmethod
@@ -269,11 +276,13 @@ class _ElementwiseLoss(torch.autograd.Function):
     ) -> Tensor:
         dtype = _compute_dtype(pred.dtype)
         rows, numel = pred.shape[0], pred.numel()
-        step = _step(pred)
         out = None
         if divisor is None:
             out = torch.empty(pred.shape[:1] if per_row else pred.shape, dtype=pred.dtype, device=pred.device)
-        kernel = _out_kernel(fn) if out is not None else _sum_kernel(fn)
+        kernel = _out_kernel(fn, per_row) if out is not None else _sum_kernel(fn)
+        # Compiled on the CPU, inductor stores reused exp/log terms whose loop it cannot fuse with a row-wise
+        # reduction (QFL's): chunks bound those buffers.
+        step = _step(pred, whole=not per_row)
         parts = [pred.new_zeros((), dtype=dtype)]
         for start in range(0, rows, step):
             stop = min(start + step, rows)
@@ -296,7 +305,7 @@ class _ElementwiseLoss(torch.autograd.Function):
         coef = grad_out.to(dtype) / divisor if divisor is not None else grad_out.to(dtype)
         grad = torch.empty_like(pred)
         rows, numel = pred.shape[0], pred.numel()
-        step = _step(pred)
+        step = _step(pred, whole=True)
         kernel = _grad_kernel(ctx.grad_fn)
         for start in range(0, rows, step):
             stop = min(start + step, rows)
@@ -306,10 +315,10 @@ class _ElementwiseLoss(torch.autograd.Function):
         return (None, None, None, None, None, None, grad, *(None for _ in tensors))
 
 
-def _step(pred: Tensor) -> int:
-    """Rows per kernel call: all of them when compiled (one fused pass, no temporaries), else one chunk."""
+def _step(pred: Tensor, whole: bool) -> int:
+    """Rows per kernel call: all of them if ``whole`` and compiled (one fused pass, no temporaries), else a chunk."""
     rows = pred.shape[0]
-    if compiles(pred.numel()):
+    if whole and compiles(pred.numel()):
         return max(rows, 1)
     return _chunk_rows(pred[0].numel() if rows else 1)
 

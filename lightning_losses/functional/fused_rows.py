@@ -1,10 +1,13 @@
 """Low-memory per-row losses (IoU family, DFL): an autograd Function that saves only its inputs.
 
 Written as plain tensor code, a box loss keeps a few dozen ``(N,)`` intermediates alive for backward.
-Here the forward runs a per-row kernel chunk by chunk under no graph, and the backward recomputes,
-chunk by chunk, either a closed-form gradient or the kernel's vector-Jacobian product
-(:func:`torch.func.vjp`), which ``torch.compile`` turns into one loop from the inputs to the gradient.
-Weighting and the reduction happen inside, so the reduced path never holds a per-row tensor either.
+Here the forward runs a per-row kernel under no graph, and the backward recomputes either a closed-form
+gradient or the kernel's vector-Jacobian product (:func:`torch.func.vjp`), which ``torch.compile`` turns
+into one loop from the inputs to the gradient. Weighting and the reduction happen inside, so the reduced
+path never holds a per-row tensor either. Eager kernels run chunk by chunk, which bounds their
+temporaries; compiled ones take the whole input, except a vector-Jacobian product, which still stores a
+buffer per box coordinate. A kernel may also keep one value per row for backward (DFL keeps its
+log-sum-exp, so its backward is a single pass without a reduction).
 """
 
 from __future__ import annotations
