@@ -121,7 +121,7 @@ def _positive(labels: Tensor, x: Tensor) -> Tensor:
 
 
 def _balance(positive: Tensor, alpha: float | None, negate_positive: bool = False) -> Tensor | float:
-    """:math:`\alpha_t`: ``alpha`` at positives and ``1 - alpha`` elsewhere (``-alpha`` at positives if asked)."""
+    r""":math:`\alpha_t`: ``alpha`` at positives and ``1 - alpha`` elsewhere (``-alpha`` at positives if asked)."""
     if alpha is None:
         return torch.where(positive, -1.0, 1.0) if negate_positive else 1.0
     return torch.where(positive, -alpha if negate_positive else alpha, 1 - alpha)
