@@ -114,13 +114,11 @@ class SimOTAAssigner:
         gx = (boxes[..., 0] + boxes[..., 2]) / 2
         gy = (boxes[..., 1] + boxes[..., 3]) / 2
         radius = self.center_radius * strides
-        in_center = (
-            torch.stack([x - (gx - radius), y - (gy - radius), (gx + radius) - x, (gy + radius) - y]).amin(dim=0) > 0
-        )
+        in_center = _all_positive(x - (gx - radius), y - (gy - radius), (gx + radius) - x, (gy + radius) - y)
         in_center &= gts.mask[..., None]
         if self.style == "netspresso":
             return in_center, in_center
-        in_box = torch.stack([x - boxes[..., 0], y - boxes[..., 1], boxes[..., 2] - x, boxes[..., 3] - y]).amin(0) > 0
+        in_box = _all_positive(x - boxes[..., 0], y - boxes[..., 1], boxes[..., 2] - x, boxes[..., 3] - y)
         in_box &= gts.mask[..., None]
         return in_box | in_center, in_box & in_center
 
@@ -149,13 +147,12 @@ class SimOTAAssigner:
         labels = gts.labels.clamp(min=0)
         label_log_p = log_p.gather(2, labels[:, None, :].expand(-1, num_priors, -1)).transpose(1, 2)
         label_log_not_p = log_not_p.gather(2, labels[:, None, :].expand(-1, num_priors, -1)).transpose(1, 2)
-        cls_cost = negatives[:, None, :] - label_log_p + label_log_not_p
-        cost = (
-            self.cls_weight * cls_cost
-            + self.iou_weight * -torch.log(ious + self.iou_eps)
-            + self.penalty * (~unpenalised).float()
-        )
-        cost = cost.masked_fill(~pair_valid, float("inf"))
+        # In place on (B, G, P) temporaries, in the order of
+        # cls_weight · cls_cost + iou_weight · -log(IoU + eps) + penalty · [penalised] (the same roundings).
+        cost = (negatives[:, None, :] - label_log_p).add_(label_log_not_p).mul_(self.cls_weight)
+        cost.add_(torch.log(ious + self.iou_eps).neg_().mul_(self.iou_weight))
+        cost.add_(torch.where(unpenalised, 0.0, self.penalty))
+        cost.masked_fill_(~pair_valid, float("inf"))
 
         # Dynamic k per box from its best IoUs over the image's candidates: non-candidates have IoU 0,
         # so the top-10 over all priors sums to the top-min(10, n) over the n candidates.
@@ -173,9 +170,17 @@ class SimOTAAssigner:
         claimed = matching.sum(dim=1)  # (B, P)
         cheapest = cost.argmin(dim=1)  # (B, P)
         multi = claimed > 1
-        matched_box = torch.where(multi, cheapest, matching.float().argmax(dim=1))
+        matched_box = torch.where(multi, cheapest, matching.to(torch.uint8).argmax(dim=1))
         positive = claimed > 0
         gt_inds = torch.where(positive, matched_box + 1, 0)
         matched_iou = ious.gather(1, matched_box[:, None, :]).squeeze(1)
         labels_out = torch.where(positive, gts.labels.gather(1, matched_box), -1)
         return AssignResult(gt_inds, torch.where(positive, matched_iou, 0.0), labels_out)
+
+
+def _all_positive(*sides: Tensor) -> Tensor:
+    """``min(sides) > 0`` element-wise, without stacking the sides into one tensor."""
+    low = sides[0]
+    for side in sides[1:]:
+        low = torch.minimum(low, side)
+    return low > 0
