@@ -29,7 +29,7 @@ _CHUNK_ELEMENTS = 1 << 20  # bounds the eager temporaries; large enough that per
 COMPILE_ENV = "LIGHTNING_LOSSES_COMPILE"
 COMPILE_MIN_ELEMENTS = 1 << 21
 _compiled: dict[Any, Callable[..., Any] | None] = {}
-_probe_key = object()  # marks, in ``_compiled``, that a compilation failed: every kernel runs eager since
+_FAILED = object()  # key present in ``_compiled`` once a compilation failed: every kernel runs eager since
 
 
 def compiles(numel: int, min_elements: int = COMPILE_MIN_ELEMENTS) -> bool:
@@ -37,7 +37,7 @@ def compiles(numel: int, min_elements: int = COMPILE_MIN_ELEMENTS) -> bool:
     mode = os.environ.get(COMPILE_ENV, "auto")
     if mode == "0" or (mode != "1" and numel < min_elements) or torch.compiler.is_compiling():
         return False
-    return _compiled.get(_probe_key, True) is not None
+    return _FAILED not in _compiled
 
 
 def run_kernel(fn: Callable[..., Any], numel: int, *args: Any, min_elements: int = COMPILE_MIN_ELEMENTS) -> Any:
@@ -52,18 +52,15 @@ def run_kernel(fn: Callable[..., Any], numel: int, *args: Any, min_elements: int
     """
     if not compiles(numel, min_elements):
         return fn(*args)
-    compiled = _compiled.get(fn, fn)
-    if compiled is fn:
-        compiled = _compiled[fn] = torch.compile(fn, dynamic=None)
-    if compiled is None:
-        return fn(*args)
+    if fn not in _compiled:
+        _compiled[fn] = torch.compile(fn, dynamic=None)
     try:
-        return compiled(*args)
+        return _compiled[fn](*args)
     except Exception as err:  # degrade to eager wherever the compiler is unavailable
         warnings.warn(
             f"torch.compile of {fn.__name__} failed ({type(err).__name__}); using eager kernels", stacklevel=2
         )
-        _compiled[fn] = _compiled[_probe_key] = None
+        _compiled[_FAILED] = None
         return fn(*args)
 
 
@@ -89,9 +86,14 @@ def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float32 if dtype in (torch.float16, torch.bfloat16) or not dtype.is_floating_point else dtype
 
 
-def _chunk_rows(row_size: int, fraction: int = 1) -> int:
-    """Rows per chunk: ``1/fraction`` of the chunk budget."""
-    return max(1, _CHUNK_ELEMENTS // fraction // max(row_size, 1))
+def _rows_per_call(pred: Tensor, whole: bool, max_rows: int | None = None) -> int:
+    """Rows per kernel call: all of them if ``whole`` (a compiled kernel that allocates no temporaries), else
+    a chunk of ``_CHUNK_ELEMENTS`` elements (``max_rows`` rows at most)."""
+    rows = pred.shape[0]
+    if whole:
+        return max(rows, 1)
+    step = max(1, _CHUNK_ELEMENTS // max(pred[0].numel() if rows else 1, 1))
+    return step if max_rows is None else min(step, max_rows)
 
 
 def _to_compute(t: Tensor) -> Tensor:
@@ -282,7 +284,7 @@ class _ElementwiseLoss(torch.autograd.Function):
         kernel = _out_kernel(fn, per_row) if out is not None else _sum_kernel(fn)
         # Compiled on the CPU, inductor stores reused exp/log terms whose loop it cannot fuse with a row-wise
         # reduction (QFL's): chunks bound those buffers.
-        step = _step(pred, whole=not per_row)
+        step = _rows_per_call(pred, whole=not per_row and compiles(numel))
         parts = [pred.new_zeros((), dtype=dtype)]
         for start in range(0, rows, step):
             stop = min(start + step, rows)
@@ -305,7 +307,7 @@ class _ElementwiseLoss(torch.autograd.Function):
         coef = grad_out.to(dtype) / divisor if divisor is not None else grad_out.to(dtype)
         grad = torch.empty_like(pred)
         rows, numel = pred.shape[0], pred.numel()
-        step = _step(pred, whole=True)
+        step = _rows_per_call(pred, whole=compiles(numel))
         kernel = _grad_kernel(ctx.grad_fn)
         for start in range(0, rows, step):
             stop = min(start + step, rows)
@@ -313,14 +315,6 @@ class _ElementwiseLoss(torch.autograd.Function):
             c = coef if coef.ndim == 0 else coef[start:stop]
             run_kernel(kernel, numel, grad[start:stop], x, w, c, *chunk, *ctx.consts)
         return (None, None, None, None, None, None, grad, *(None for _ in tensors))
-
-
-def _step(pred: Tensor, whole: bool) -> int:
-    """Rows per kernel call: all of them if ``whole`` and compiled (one fused pass, no temporaries), else a chunk."""
-    rows = pred.shape[0]
-    if whole and compiles(pred.numel()):
-        return max(rows, 1)
-    return _chunk_rows(pred[0].numel() if rows else 1)
 
 
 def fused_sigmoid_focal_loss(

@@ -20,8 +20,8 @@ from torch import Tensor
 
 from lightning_losses.functional.fused import (
     COMPILE_MIN_ELEMENTS,
-    _chunk_rows,
     _compute_dtype,
+    _rows_per_call,
     cached_kernel,
     compiles,
     run_kernel,
@@ -32,14 +32,6 @@ __all__ = ["fused_rowwise_loss", "vjp_kernel"]
 # Rows per chunk, at most: a compiled vector-Jacobian product still writes about fifteen per-row buffers
 # (one per slice of a box's coordinates), and eagerly every intermediate is one.
 _MAX_CHUNK_ROWS = 1 << 16
-
-
-def _step(pred: Tensor, whole: bool) -> int:
-    """Rows per kernel call: all of them if ``whole`` (a compiled kernel that allocates no temporaries),
-    else one chunk."""
-    if whole:
-        return max(pred.shape[0], 1)
-    return min(_chunk_rows(pred[0].numel() if pred.shape[0] else 1), _MAX_CHUNK_ROWS)
 
 
 def vjp_kernel(fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
@@ -135,7 +127,7 @@ class _RowwiseLoss(torch.autograd.Function):
     ) -> Tensor:
         dtype = _compute_dtype(pred.dtype)
         rows = pred.shape[0]
-        step = _step(pred, compiles(pred.numel(), min_elements))
+        step = _rows_per_call(pred, compiles(pred.numel(), min_elements), _MAX_CHUNK_ROWS)
         kind = "rows" if divisor is None else "shortcut" if shortcut else "sum"
         kernel = _forward_kernel(fn, kind, saves)
         parts, saved_parts = [], []
@@ -173,7 +165,7 @@ class _RowwiseLoss(torch.autograd.Function):
         dtype = _compute_dtype(pred.dtype)
         rows = pred.shape[0]
         # A compiled vector-Jacobian product keeps per-coordinate buffers: it runs chunk by chunk.
-        step = _step(pred, ctx.closed_form and compiles(pred.numel(), ctx.min_elements))
+        step = _rows_per_call(pred, ctx.closed_form and compiles(pred.numel(), ctx.min_elements), _MAX_CHUNK_ROWS)
         upstream = grad_out.to(dtype)
         coef = upstream * (ctx.scale / divisor) if divisor is not None else upstream * ctx.scale
         kernel = _backward_kernel(ctx.grad_fn)

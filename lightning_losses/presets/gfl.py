@@ -99,7 +99,8 @@ class GFLCriterion(DenseCriterion):
         positive = t.positive
         # Only positives are scored (MMDetection): negatives get zero logits, so a non-finite prediction on a
         # negative cell cannot turn the weighted box and DFL sums, or their gradients, into NaN (0 · NaN).
-        # Each term masks on its own, so their graphs share no saved tensor.
+        # Each term masks on its own, so their graphs share no saved tensor: a backward through one term
+        # (without retain_graph) leaves the other's graph intact.
         pred_boxes = distance2bbox(centers, integral(torch.where(positive[..., None], box, 0.0), self.reg_max))
         score = torch.where(
             positive, bbox_overlaps(pred_boxes.detach(), target_boxes, is_aligned=True), torch.zeros_like(cls[..., 0])
