@@ -19,7 +19,7 @@ from torch import nn
 from lightning_losses import build_loss
 from lightning_losses.cli import LossesCLI
 from lightning_losses.compat.netspresso import build_losses
-from lightning_losses.config import to_config
+from lightning_losses.serialization import to_config
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 

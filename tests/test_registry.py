@@ -146,3 +146,80 @@ def test_register_loss():
             register_loss("NotALoss", torch.nn.L1Loss)
     finally:
         LOSSES.pop("MyLoss", None)
+
+
+def test_register_loss_decorator_forms_derive_names_and_configs():
+    """One declaration: `@register_loss` or `@register_loss("Name")` feeds `type` configs and list_losses."""
+    try:
+
+        @register_loss
+        class Twice(ll.LossMetric):
+            def _loss(self, pred, target, weight, avg_factor, reduction):
+                return 2 * (pred - target).abs().sum()
+
+        @register_loss("Thrice")
+        class _Thrice(ll.LossMetric):
+            def _loss(self, pred, target, weight, avg_factor, reduction):
+                return 3 * (pred - target).abs().sum()
+
+        assert {"Twice", "Thrice"} <= set(list_losses())
+        # |1 - 0| summed over 2 elements, times 2 (the loss) times 0.5 (loss_weight, applied by the base)
+        assert build_loss({"type": "Twice", "loss_weight": 0.5})(torch.ones(2), torch.zeros(2)).item() == 2.0
+        assert build_loss({"type": "Thrice"})(torch.ones(2), torch.zeros(2)).item() == 6.0
+    finally:
+        LOSSES.pop("Twice", None)
+        LOSSES.pop("Thrice", None)
+
+
+def test_exports_are_derived_from_the_registry():
+    """Every registered class of the package is exported at the top level and from `losses`, and nothing else is."""
+    classes = {name for name, cls in LOSSES.items() if isinstance(cls, type) and cls.__name__ == name}
+    assert classes <= set(ll.__all__)
+    assert classes == set(ll.losses.__all__) - {"LossMetric"}
+    for name in classes:
+        assert getattr(ll, name) is LOSSES[name]
+
+
+def test_dialect_names_live_in_compat():
+    """NetsPresso's names come from compat.netspresso (registered as a dialect); the old registry name still works."""
+    from lightning_losses.compat import netspresso
+
+    assert set(netspresso.NETSPRESSO_LOSSES) <= set(list_losses())
+    with pytest.warns(DeprecationWarning, match="compat.netspresso"):
+        from lightning_losses.registry import NETSPRESSO_LOSSES
+    assert NETSPRESSO_LOSSES is netspresso.NETSPRESSO_LOSSES
+
+
+def test_criterion_dialect_builds_detector_criteria():
+    """`build_loss({"criterion": "yolox_loss"})` builds NetsPresso's criterion as build_losses does."""
+    from lightning_losses.compat.netspresso import NetsPressoLosses
+
+    built = build_loss({"criterion": "yolox_loss", "weight": 2.0, "l1_activate_epoch": 3})
+    assert isinstance(built, NetsPressoLosses)
+    assert built.weights == [2.0]
+    with pytest.raises(TypeError, match="unknown parameters"):
+        build_loss({"criterion": "yolox_loss", "no_such": 1})
+
+
+def test_class_path_loader_errors_name_the_path():
+    from lightning_losses.serialization import import_class_path
+
+    with pytest.raises(KeyError, match="no attribute 'Nope'"):
+        build_loss({"class_path": "lightning_losses.Nope"})
+    with pytest.raises(TypeError, match="LossMetric subclass"):
+        build_loss({"class_path": "torch.nn.L1Loss"})
+    with pytest.raises(KeyError, match="not a dotted path"):
+        import_class_path("Nope")
+
+
+def test_config_module_is_a_deprecated_alias():
+    import importlib
+    import sys
+
+    sys.modules.pop("lightning_losses.config", None)
+    with pytest.warns(DeprecationWarning, match="serialization"):
+        config = importlib.import_module("lightning_losses.config")
+    from lightning_losses import serialization
+
+    assert config.to_config is serialization.to_config
+    assert config.RecordsInit is serialization.RecordsInit

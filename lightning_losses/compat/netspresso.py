@@ -20,79 +20,157 @@ The criteria's class count is read from the outputs on the first call. Unlike Ne
 from __future__ import annotations
 
 import inspect
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from torch import Tensor, nn
 
 from lightning_losses.losses.base import LossMetric
+from lightning_losses.losses.classification import CrossEntropyLoss, SigmoidFocalLoss
 from lightning_losses.presets.pidnet import PIDNetCriterion
 from lightning_losses.presets.retinanet import RetinaNetCriterion
 from lightning_losses.presets.yolox import YOLOXCriterion
-from lightning_losses.registry import NETSPRESSO_LOSSES
+from lightning_losses.registry import lookup_loss, register_dialect
 
-__all__ = ["CRITERIA", "NetsPressoLosses", "build_losses"]
+__all__ = [
+    "ADAPTERS",
+    "CRITERIA",
+    "NETSPRESSO_LOSSES",
+    "Adapter",
+    "NetsPressoCriterion",
+    "NetsPressoLosses",
+    "build_losses",
+]
 
-CRITERIA = ("cross_entropy", "focal_loss", "yolox_loss", "retinanet_loss", "pidnet_loss")
+
+def _cross_entropy(**kwargs: Any) -> LossMetric:
+    # NetsPresso's `cross_entropy` is torch.nn.CrossEntropyLoss: mean over non-ignored targets, ignore -100.
+    kwargs.setdefault("ignore_index", -100)
+    kwargs.setdefault("avg_non_ignore", True)
+    return CrossEntropyLoss(**kwargs)
 
 
-# Criteria built on the first call, and the arguments this module sets itself.
-_LAZY: dict[str, tuple[type, set[str]]] = {
-    "yolox_loss": (YOLOXCriterion, {"num_classes", "strides"}),
-    "retinanet_loss": (RetinaNetCriterion, {"num_classes", "strides", "style"}),
-    "pidnet_loss": (PIDNetCriterion, {"num_classes", "ohem"}),
+NETSPRESSO_LOSSES: dict[str, Callable[..., LossMetric]] = {
+    "cross_entropy": _cross_entropy,
+    "focal_loss": SigmoidFocalLoss,
 }
+"""NetsPresso Trainer's ``criterion`` names of element losses (they read ``out["pred"]``, ``target["target"]``)."""
 
 
-class _Element(nn.Module):
-    """One entry of the list: a loss or criterion built lazily (class counts come from the outputs)."""
+@dataclass(frozen=True)
+class Adapter:
+    """How one NetsPresso detector / segmentation ``criterion`` is built and fed from NetsPresso's dicts.
 
-    def __init__(self, criterion: str, params: dict[str, Any]) -> None:
+    Attributes:
+        cls: the criterion class; the entry's parameters are checked against its signature at build time.
+        fixed: parameters the adapter sets itself (a config may not give them).
+        build: ``(out, params) -> criterion``, called on the first forward (class counts come from ``out``).
+        call: ``(criterion, out, target) -> {term: tensor}``.
+    """
+
+    cls: type[nn.Module]
+    fixed: frozenset[str]
+    build: Callable[[Mapping[str, Any], dict[str, Any]], nn.Module]
+    call: Callable[[Any, Mapping[str, Any], Mapping[str, Any]], dict[str, Tensor]]
+
+
+def _build_yolox(out: Mapping[str, Any], params: dict[str, Any]) -> nn.Module:
+    return YOLOXCriterion(int(out["pred"][0].shape[1]) - 5, strides=None, **params)
+
+
+def _call_yolox(module: Any, out: Mapping[str, Any], target: Mapping[str, Any]) -> dict[str, Tensor]:
+    return module(out["pred"], target["gt"], image_size=(target["img_size"], target["img_size"]))
+
+
+def _build_retinanet(out: Mapping[str, Any], params: dict[str, Any]) -> nn.Module:
+    levels = len(out["cls_logits"])
+    num_classes = int(out["cls_logits"][0].shape[-1])
+    return RetinaNetCriterion(num_classes, strides=(1,) * levels, style="netspresso", **params)
+
+
+def _call_retinanet(module: Any, out: Mapping[str, Any], target: Mapping[str, Any]) -> dict[str, Tensor]:
+    return module(out["cls_logits"], out["bbox_regression"], target["gt"], priors=out["anchors"])
+
+
+def _build_pidnet(out: Mapping[str, Any], params: dict[str, Any]) -> nn.Module:
+    return PIDNetCriterion(int(out["pred"].shape[1]), **{"ignore_index": -100, **params, "ohem": False})
+
+
+def _call_pidnet(module: Any, out: Mapping[str, Any], target: Mapping[str, Any]) -> dict[str, Tensor]:
+    if out.get("extra_p") is None:  # an evaluation-mode PIDNet: NetsPresso returns a graph-connected 0
+        return {"": (out["pred"] - out["pred"]).sum()}
+    return module(out["extra_p"], out["pred"], out["extra_d"], target["target"], target.get("bd_gt"))
+
+
+ADAPTERS: dict[str, Adapter] = {
+    "yolox_loss": Adapter(YOLOXCriterion, frozenset({"num_classes", "strides"}), _build_yolox, _call_yolox),
+    "retinanet_loss": Adapter(
+        RetinaNetCriterion, frozenset({"num_classes", "strides", "style"}), _build_retinanet, _call_retinanet
+    ),
+    "pidnet_loss": Adapter(PIDNetCriterion, frozenset({"num_classes", "ohem"}), _build_pidnet, _call_pidnet),
+}
+"""NetsPresso's detector and segmentation criteria: one :class:`Adapter` each."""
+
+CRITERIA = (*NETSPRESSO_LOSSES, *ADAPTERS)
+"""Every NetsPresso ``criterion`` name this module builds."""
+
+
+class NetsPressoCriterion(nn.Module):
+    """One entry of a ``model.losses`` list: ``forward(out, target)`` reads NetsPresso's dicts.
+
+    Element losses are built at once; detector and segmentation criteria on the first call, since their
+    class counts come from the outputs. Unknown parameters raise ``TypeError`` at construction.
+    """
+
+    def __init__(self, criterion: str, params: Mapping[str, Any] | None = None) -> None:
         super().__init__()
+        if criterion not in CRITERIA:
+            raise KeyError(f"unknown NetsPresso criterion {criterion!r}; known: {', '.join(CRITERIA)}")
         self.criterion = criterion
-        self.params = params
+        self.params = dict(params or {})
         self.module: nn.Module | None = None
+        self.epoch: int | None = None
         if criterion in NETSPRESSO_LOSSES:
-            self.module = NETSPRESSO_LOSSES[criterion](**params)
+            self.module = NETSPRESSO_LOSSES[criterion](**self.params)
         else:  # built on the first call: check the parameters now
-            cls, fixed = _LAZY[criterion]
-            allowed = set(inspect.signature(cls).parameters) - fixed
-            unknown = set(params) - allowed
+            adapter = ADAPTERS[criterion]
+            allowed = set(inspect.signature(adapter.cls).parameters) - adapter.fixed
+            unknown = set(self.params) - allowed
             if unknown:
                 raise TypeError(f"`{criterion}` got unknown parameters {sorted(unknown)}; it takes {sorted(allowed)}")
-        self.epoch: int | None = None
-
-    def _build(self, out: Mapping[str, Any]) -> nn.Module:
-        if self.criterion == "yolox_loss":
-            num_classes = int(out["pred"][0].shape[1]) - 5
-            return YOLOXCriterion(num_classes, strides=None, **self.params)
-        if self.criterion == "retinanet_loss":
-            levels = len(out["cls_logits"])
-            return RetinaNetCriterion(
-                int(out["cls_logits"][0].shape[-1]), strides=(1,) * levels, style="netspresso", **self.params
-            )
-        params = {"ignore_index": -100, **self.params, "ohem": False}
-        return PIDNetCriterion(int(out["pred"].shape[1]), **params)
 
     def forward(self, out: Mapping[str, Any], target: Mapping[str, Any]) -> dict[str, Tensor]:
-        if self.module is None:
-            self.module = self._build(out)
-            if isinstance(self.module, YOLOXCriterion):
-                self.module.set_epoch(self.epoch)
         if isinstance(self.module, LossMetric):
             return {"": self.module(out["pred"], target["target"])}
-        if isinstance(self.module, YOLOXCriterion):
-            return self.module(out["pred"], target["gt"], image_size=(target["img_size"], target["img_size"]))
-        if isinstance(self.module, RetinaNetCriterion):
-            return self.module(out["cls_logits"], out["bbox_regression"], target["gt"], priors=out["anchors"])
-        if out.get("extra_p") is None:  # an evaluation-mode PIDNet: NetsPresso returns a graph-connected 0
-            return {"": (out["pred"] - out["pred"]).sum()}
-        return self.module(out["extra_p"], out["pred"], out["extra_d"], target["target"], target.get("bd_gt"))
+        adapter = ADAPTERS[self.criterion]
+        if self.module is None:
+            self.module = adapter.build(out, self.params)
+            self.set_epoch(self.epoch)
+        return adapter.call(self.module, out, target)
 
     def set_epoch(self, epoch: int | None) -> None:
+        """The current 1-based epoch, for criteria with an epoch schedule (``yolox_loss``'s ``l1_activate_epoch``)."""
         self.epoch = epoch
-        if isinstance(self.module, YOLOXCriterion):
+        if self.module is not None and hasattr(self.module, "set_epoch"):
             self.module.set_epoch(epoch)
+
+
+_Element = NetsPressoCriterion  # the name before it was public
+
+
+def _build_from_config(name: str, params: dict[str, Any]) -> nn.Module:
+    """``build_loss``'s ``criterion`` dialect: ``weight`` is the multiplier (``None`` → 1.0)."""
+    weight = params.pop("weight", None)
+    if isinstance(name, str) and name in NETSPRESSO_LOSSES:
+        if weight is not None:
+            params["loss_weight"] = weight
+        return NETSPRESSO_LOSSES[name](**params)
+    if isinstance(name, str) and name in ADAPTERS:
+        return build_losses([{"criterion": name, "weight": weight, **params}])
+    if weight is not None:
+        params["loss_weight"] = weight
+    return lookup_loss(name)(**params)  # a class name given as `criterion` works too
 
 
 class NetsPressoLosses(nn.Module):
@@ -103,7 +181,7 @@ class NetsPressoLosses(nn.Module):
     ``weight``.
     """
 
-    def __init__(self, elements: Sequence[tuple[str, _Element, float]]) -> None:
+    def __init__(self, elements: Sequence[tuple[str, NetsPressoCriterion, float]]) -> None:
         super().__init__()
         self.names = [name for name, _, _ in elements]
         self.weights = [weight for _, _, weight in elements]
@@ -149,11 +227,12 @@ def build_losses(losses: Sequence[Mapping[str, Any]]) -> NetsPressoLosses:
             raise ValueError(f"`losses[{i}]` must be a dict with a 'criterion' key, got {entry!r}")
         params = dict(entry)
         criterion = params.pop("criterion")
-        if criterion not in CRITERIA:
-            raise KeyError(f"unknown NetsPresso criterion {criterion!r}; known: {', '.join(CRITERIA)}")
         weight = params.pop("weight", None)
         weight = 1.0 if weight is None else float(weight)
         seen[criterion] = seen.get(criterion, 0) + 1
         name = criterion if seen[criterion] == 1 else f"{criterion}_{seen[criterion]}"
-        elements.append((name, _Element(criterion, params), weight))
+        elements.append((name, NetsPressoCriterion(criterion, params), weight))
     return NetsPressoLosses(elements)
+
+
+register_dialect("criterion", _build_from_config, NETSPRESSO_LOSSES)

@@ -8,8 +8,8 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from lightning_losses.config import from_config, to_config
 from lightning_losses.losses.base import LossMetric
+from lightning_losses.serialization import from_config, to_config
 
 __all__ = ["STAGES", "DetectionLossModule", "RunningMean"]
 

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 from torchmetrics import Metric
 
-from lightning_losses.config import RecordsInit
 from lightning_losses.functional.reduction import check_reduction
+from lightning_losses.serialization import RecordsInit
 
 __all__ = ["LossMetric", "zero_weight_shortcut"]
 
@@ -29,7 +29,11 @@ class LossMetric(RecordsInit, Metric):
     and are not saved in ``state_dict``. Pass the object itself to ``LightningModule.log``: the step
     value is the last call's, the epoch value is :meth:`compute`.
 
-    Subclasses implement :meth:`_loss`, which returns the weighted, reduced loss.
+    Subclasses implement :meth:`_loss`, which returns the weighted, reduced loss without ``loss_weight``;
+    :meth:`scaled_loss` applies ``loss_weight`` and, for the classes that declare
+    :attr:`zero_weight_rule`, MMDetection's zero-weight rule. Per-call keywords beyond the common API are
+    declared in :attr:`call_options`. Declare a loss once with :func:`~lightning_losses.registry.register_loss`
+    to give it a config name.
 
     Args:
         reduction: ``"none"``, ``"mean"`` or ``"sum"``.
@@ -41,6 +45,11 @@ class LossMetric(RecordsInit, Metric):
     full_state_update = False
     is_differentiable = True
     higher_is_better = False
+
+    zero_weight_rule: ClassVar[str | None] = None
+    """MMDetection's box-loss rule: ``"always"``, ``"reduced"`` (not with ``reduction="none"``) or ``None``."""
+    call_options: ClassVar[tuple[str, ...]] = ()
+    """Keyword arguments :meth:`forward` passes on to :meth:`_loss` for one call."""
 
     loss_sum: Tensor
     num_calls: Tensor
@@ -70,14 +79,50 @@ class LossMetric(RecordsInit, Metric):
         weight: Tensor | None = None,
         avg_factor: float | Tensor | None = None,
         reduction_override: str | None = None,
+        **options: Any,
     ) -> Tensor:
-        """Return the differentiable loss and add its detached value to the running mean."""
+        """Return the differentiable loss and add its detached value to the running mean.
+
+        ``options`` are the per-call keywords a loss declares in :attr:`call_options` (``ignore_index`` for
+        :class:`~lightning_losses.CrossEntropyLoss`); anything else is a ``TypeError``.
+        """
+        unknown = sorted(set(options) - set(self.call_options))
+        if unknown:
+            accepted = ", ".join(self.call_options) or "none"
+            raise TypeError(
+                f"{type(self).__name__} got unexpected keyword arguments {unknown}; per-call options: {accepted}"
+            )
         if self.validate_args and isinstance(avg_factor, Tensor) and avg_factor.numel() == 1:
             value = float(avg_factor)  # host sync, only when asked for
             if not math.isfinite(value) or value < 0:
                 raise ValueError(f"`avg_factor` must be finite and >= 0, got {value}")
-        loss = self._loss(pred, target, weight, avg_factor, self.resolve_reduction(reduction_override))
+        reduction = self.resolve_reduction(reduction_override)
+        loss = self.scaled_loss(pred, target, weight, avg_factor, reduction, **options)
         self.track(loss)
+        return loss
+
+    def scaled_loss(
+        self,
+        pred: Tensor,
+        target: Any,
+        weight: Tensor | None,
+        avg_factor: float | Tensor | None,
+        reduction: str,
+        **options: Any,
+    ) -> Tensor:
+        """``loss_weight`` × :meth:`_loss`, then MMDetection's zero-weight rule where the class declares it.
+
+        The one place ``loss_weight`` is applied. A loss whose fused kernel takes ``loss_weight`` and the rule
+        inside (to keep a single gradient path to ``pred``) overrides this hook for those calls only.
+        """
+        loss = self.loss_weight * self._loss(pred, target, weight, avg_factor, reduction, **options)
+        return self.apply_zero_weight_rule(loss, pred, weight, reduction)
+
+    def apply_zero_weight_rule(self, loss: Tensor, pred: Tensor, weight: Tensor | None, reduction: str) -> Tensor:
+        """Apply :func:`~lightning_losses.functional.reduction.zero_weight_shortcut` when :attr:`zero_weight_rule`
+        asks for it: ``"always"``, or ``"reduced"`` (scalar reductions only); ``None`` never."""
+        if self.zero_weight_rule == "always" or (self.zero_weight_rule == "reduced" and reduction != "none"):
+            return zero_weight_shortcut(loss, pred, weight)
         return loss
 
     def _loss(
@@ -88,6 +133,7 @@ class LossMetric(RecordsInit, Metric):
         avg_factor: float | Tensor | None,
         reduction: str,
     ) -> Tensor:
+        """The weighted, reduced loss without ``loss_weight`` (which :meth:`scaled_loss` applies)."""
         raise NotImplementedError
 
     def track(self, loss: Tensor) -> None:

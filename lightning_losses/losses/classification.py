@@ -17,6 +17,7 @@ from lightning_losses.functional.classification import (
     sigmoid_focal_loss,
 )
 from lightning_losses.losses.base import LossMetric
+from lightning_losses.registry import register_loss
 
 __all__ = [
     "CrossEntropyLoss",
@@ -27,6 +28,7 @@ __all__ = [
 ]
 
 
+@register_loss
 class CrossEntropyLoss(LossMetric):
     r"""Cross-entropy in three flavours: softmax, sigmoid (``use_sigmoid``) and per-RoI mask (``use_mask``).
 
@@ -89,21 +91,20 @@ class CrossEntropyLoss(LossMetric):
         else:
             self.register_buffer("class_weight", torch.as_tensor(class_weight, dtype=torch.float32), persistent=False)
 
-    def forward(
+    call_options = ("ignore_index",)
+
+    def _loss(
         self,
         pred: Tensor,
         target: Tensor,
-        weight: Tensor | None = None,
-        avg_factor: float | Tensor | None = None,
-        reduction_override: str | None = None,
+        weight: Tensor | None,
+        avg_factor: float | Tensor | None,
+        reduction: str,
         ignore_index: int | None = None,
     ) -> Tensor:
-        """Return the loss; ``ignore_index`` overrides the module's for this call."""
-        reduction = self.resolve_reduction(reduction_override)
+        # `forward(..., ignore_index=k)` overrides the module's ignore index for one call.
         ignore_index = self.ignore_index if ignore_index is None else ignore_index
-        loss = self.loss_weight * self._cross_entropy(pred, target, weight, avg_factor, reduction, ignore_index)
-        self.track(loss)
-        return loss
+        return self._cross_entropy(pred, target, weight, avg_factor, reduction, ignore_index)
 
     def _cross_entropy(
         self,
@@ -164,6 +165,7 @@ def _check_focal_target(pred: Tensor, target: Any) -> None:
     check_finite(pred, "pred")
 
 
+@register_loss
 class FocalLoss(LossMetric):
     r"""Sigmoid focal loss with MMDetection's ``FocalLoss`` interface.
 
@@ -219,13 +221,13 @@ class FocalLoss(LossMetric):
     ) -> Tensor:
         if self.validate_args:
             _check_focal_target(pred, target)
-        loss = sigmoid_focal_loss(pred, target, weight, self.gamma, self.alpha, reduction, avg_factor, self.activated)
-        return self.loss_weight * loss
+        return sigmoid_focal_loss(pred, target, weight, self.gamma, self.alpha, reduction, avg_factor, self.activated)
 
     def extra_repr(self) -> str:
         return f"gamma={self.gamma}, alpha={self.alpha}, {super().extra_repr()}"
 
 
+@register_loss
 class SigmoidFocalLoss(LossMetric):
     r"""The NetsPresso seed's ``focal_loss``: torchvision's ``sigmoid_focal_loss`` as a module.
 
@@ -274,12 +276,13 @@ class SigmoidFocalLoss(LossMetric):
         if self.validate_args:
             _check_focal_target(pred, target)
         alpha = self.alpha if self.alpha >= 0 else None
-        return self.loss_weight * sigmoid_focal_loss(pred, target, weight, self.gamma, alpha, reduction, avg_factor)
+        return sigmoid_focal_loss(pred, target, weight, self.gamma, alpha, reduction, avg_factor)
 
     def extra_repr(self) -> str:
         return f"alpha={self.alpha}, gamma={self.gamma}, {super().extra_repr()}"
 
 
+@register_loss
 class QualityFocalLoss(LossMetric):
     r"""Quality focal loss (GFL): classification towards an IoU-quality soft target.
 
@@ -338,13 +341,13 @@ class QualityFocalLoss(LossMetric):
             if isinstance(target, (tuple, list)):
                 check_labels_in_range(target[0], 0, pred.shape[-1], "target[0] (labels)")
                 check_finite(target[1], "target[1] (scores)")
-        loss = quality_focal_loss(pred, target, weight, self.beta, reduction, avg_factor, self.activated)
-        return self.loss_weight * loss
+        return quality_focal_loss(pred, target, weight, self.beta, reduction, avg_factor, self.activated)
 
     def extra_repr(self) -> str:
         return f"beta={self.beta}, {super().extra_repr()}"
 
 
+@register_loss
 class DistributionFocalLoss(LossMetric):
     r"""Distribution focal loss (GFL): cross-entropy on the two bins that bracket a continuous target.
 
@@ -385,4 +388,4 @@ class DistributionFocalLoss(LossMetric):
                     f"`target` must lie in [0, {pred.shape[-1] - 1}], found values in "
                     f"[{float(target.min())}, {float(target.max())}]"
                 )
-        return self.loss_weight * distribution_focal_loss(pred, target, weight, reduction, avg_factor)
+        return distribution_focal_loss(pred, target, weight, reduction, avg_factor)

@@ -16,7 +16,8 @@ from lightning_losses.functional.iou import (
     iou_kernel,
     reduce_box_loss,
 )
-from lightning_losses.losses.base import LossMetric, zero_weight_shortcut
+from lightning_losses.losses.base import LossMetric
+from lightning_losses.registry import register_loss
 
 __all__ = ["CIoULoss", "DIoULoss", "GIoULoss", "IoULoss"]
 
@@ -31,10 +32,10 @@ def _box_weight(weight: Tensor | None, pred: Tensor) -> Tensor | None:
 
 
 class _BoxLoss(LossMetric):
-    """Shared forward of the IoU-family losses: checks, the zero-weight shortcut, (N, 4) weights."""
+    """Shared forward of the IoU-family losses: checks, (N, 4) weights, and the low-memory row kernel."""
 
     _kernel: Callable[..., Tensor]
-    _shortcut_on_none = True
+    zero_weight_rule = "always"
 
     def __init__(
         self,
@@ -48,6 +49,20 @@ class _BoxLoss(LossMetric):
             raise ValueError(f"`eps` must be > 0, got {eps}")
         self.eps = float(eps)
 
+    def scaled_loss(
+        self,
+        pred: Tensor,
+        target: Tensor,
+        weight: Tensor | None,
+        avg_factor: float | Tensor | None,
+        reduction: str,
+    ) -> Tensor:
+        # A scalar reduction with a per-box weight hands `loss_weight` and MMDetection's zero-weight rule to
+        # the row kernel, so backward has one gradient path to `pred`; every other call takes the base's way.
+        if reduction != "none" and weight is not None and weight.dim() < pred.dim():
+            return self._box_loss(pred, target, weight, avg_factor, reduction, self.loss_weight, fold=True)
+        return super().scaled_loss(pred, target, weight, avg_factor, reduction)
+
     def _loss(
         self,
         pred: Tensor,
@@ -56,27 +71,32 @@ class _BoxLoss(LossMetric):
         avg_factor: float | Tensor | None,
         reduction: str,
     ) -> Tensor:
+        return self._box_loss(pred, target, weight, avg_factor, reduction, 1.0, fold=False)
+
+    def _box_loss(
+        self,
+        pred: Tensor,
+        target: Tensor,
+        weight: Tensor | None,
+        avg_factor: float | Tensor | None,
+        reduction: str,
+        loss_weight: float,
+        fold: bool,
+    ) -> Tensor:
         if self.validate_args:
             check_finite(pred, "pred")
             check_finite(target, "target")
-        box_weight = _box_weight(weight, pred)
-        # Scalar reductions with a per-box weight take MMDetection's zero-weight rule inside the row kernel
-        # (one gradient path to `pred`); element-wise results and (N, 4) weights apply it here.
-        fold = reduction != "none" and weight is not None and weight.dim() < pred.dim()
-        loss = reduce_box_loss(
+        return reduce_box_loss(
             type(self)._kernel,
             pred,
             target,
-            box_weight,
+            _box_weight(weight, pred),
             reduction,
             avg_factor,
             *self._kernel_args(),
-            loss_weight=self.loss_weight,
+            loss_weight=loss_weight,
             zero_weight_shortcut=fold,
         )
-        if fold or (reduction == "none" and not self._shortcut_on_none):
-            return loss
-        return zero_weight_shortcut(loss, pred, weight)
 
     def _kernel_args(self) -> tuple[Any, ...]:
         return (self.eps,)
@@ -85,6 +105,7 @@ class _BoxLoss(LossMetric):
         return f"eps={self.eps}, {super().extra_repr()}"
 
 
+@register_loss
 class IoULoss(_BoxLoss):
     r"""IoU loss (UnitBox) of aligned boxes.
 
@@ -115,7 +136,7 @@ class IoULoss(_BoxLoss):
     """
 
     _kernel = staticmethod(iou_kernel)
-    _shortcut_on_none = False
+    zero_weight_rule = "reduced"
 
     def __init__(
         self,
@@ -137,6 +158,7 @@ class IoULoss(_BoxLoss):
         return f"mode={self.mode!r}, {super().extra_repr()}"
 
 
+@register_loss
 class GIoULoss(_BoxLoss):
     r"""Generalized IoU loss :math:`\ell = 1 - \mathrm{GIoU}` of aligned boxes.
 
@@ -161,6 +183,7 @@ class GIoULoss(_BoxLoss):
     _kernel = staticmethod(giou_kernel)
 
 
+@register_loss
 class DIoULoss(_BoxLoss):
     r"""Distance-IoU loss :math:`\ell = 1 - \mathrm{IoU} + \rho^2 / c^2` of aligned boxes.
 
@@ -184,6 +207,7 @@ class DIoULoss(_BoxLoss):
     _kernel = staticmethod(diou_kernel)
 
 
+@register_loss
 class CIoULoss(_BoxLoss):
     r"""Complete-IoU loss :math:`\ell = 1 - \mathrm{clamp}(\mathrm{IoU} - \rho^2/c^2 - \alpha v, -1, 1)`.
 

@@ -6,7 +6,8 @@ from torch import Tensor
 
 from lightning_losses.functional._checks import check_finite
 from lightning_losses.functional.regression import balanced_l1_loss, l1_loss, mse_loss, smooth_l1_loss
-from lightning_losses.losses.base import LossMetric, zero_weight_shortcut
+from lightning_losses.losses.base import LossMetric
+from lightning_losses.registry import register_loss
 
 __all__ = ["BalancedL1Loss", "L1Loss", "MSELoss", "SmoothL1Loss"]
 
@@ -25,6 +26,7 @@ def _row_weight(pred: Tensor, weight: Tensor | None) -> Tensor | None:
     return weight
 
 
+@register_loss
 class L1Loss(_RegressionLoss):
     r"""L1 loss :math:`\ell = |x - y|`.
 
@@ -45,6 +47,8 @@ class L1Loss(_RegressionLoss):
         tensor(1.5000)
     """
 
+    zero_weight_rule = "always"
+
     def __init__(self, reduction: str = "mean", loss_weight: float = 1.0, validate_args: bool = False) -> None:
         super().__init__(reduction=reduction, loss_weight=loss_weight, validate_args=validate_args)
 
@@ -57,10 +61,10 @@ class L1Loss(_RegressionLoss):
         reduction: str,
     ) -> Tensor:
         self._check(pred, target)
-        loss = self.loss_weight * l1_loss(pred, target, _row_weight(pred, weight), reduction, avg_factor)
-        return zero_weight_shortcut(loss, pred, weight)
+        return l1_loss(pred, target, _row_weight(pred, weight), reduction, avg_factor)
 
 
+@register_loss
 class SmoothL1Loss(_RegressionLoss):
     r"""Smooth L1 (Huber) loss.
 
@@ -81,6 +85,8 @@ class SmoothL1Loss(_RegressionLoss):
 
     Reference: Girshick, *Fast R-CNN*, ICCV 2015.
     """
+
+    zero_weight_rule = "always"
 
     def __init__(
         self,
@@ -103,15 +109,13 @@ class SmoothL1Loss(_RegressionLoss):
         reduction: str,
     ) -> Tensor:
         self._check(pred, target)
-        loss = self.loss_weight * smooth_l1_loss(
-            pred, target, _row_weight(pred, weight), self.beta, reduction, avg_factor
-        )
-        return zero_weight_shortcut(loss, pred, weight)
+        return smooth_l1_loss(pred, target, _row_weight(pred, weight), self.beta, reduction, avg_factor)
 
     def extra_repr(self) -> str:
         return f"beta={self.beta}, {super().extra_repr()}"
 
 
+@register_loss
 class MSELoss(_RegressionLoss):
     r"""Squared error :math:`\ell = (x - y)^2`.
 
@@ -137,9 +141,10 @@ class MSELoss(_RegressionLoss):
         reduction: str,
     ) -> Tensor:
         self._check(pred, target)
-        return self.loss_weight * mse_loss(pred, target, weight, reduction, avg_factor)
+        return mse_loss(pred, target, weight, reduction, avg_factor)
 
 
+@register_loss
 class BalancedL1Loss(_RegressionLoss):
     r"""Balanced L1 loss (Libra R-CNN).
 
@@ -191,8 +196,7 @@ class BalancedL1Loss(_RegressionLoss):
         reduction: str,
     ) -> Tensor:
         self._check(pred, target)
-        loss = balanced_l1_loss(pred, target, weight, self.alpha, self.gamma, self.beta, reduction, avg_factor)
-        return self.loss_weight * loss
+        return balanced_l1_loss(pred, target, weight, self.alpha, self.gamma, self.beta, reduction, avg_factor)
 
     def extra_repr(self) -> str:
         return f"alpha={self.alpha}, gamma={self.gamma}, beta={self.beta}, {super().extra_repr()}"

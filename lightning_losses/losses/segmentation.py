@@ -8,6 +8,7 @@ from torch import Tensor
 from lightning_losses.functional._checks import check_finite, check_labels_in_range
 from lightning_losses.functional.segmentation import balanced_boundary_bce, ohem_cross_entropy
 from lightning_losses.losses.base import LossMetric
+from lightning_losses.registry import register_loss
 
 __all__ = ["BoundaryLoss", "OhemCrossEntropyLoss"]
 
@@ -20,6 +21,7 @@ def _mean_only(name: str, weight: Tensor | None, avg_factor: object, reduction: 
         )
 
 
+@register_loss
 class OhemCrossEntropyLoss(LossMetric):
     r"""Cross-entropy over the hard pixels only (online hard example mining), PIDNet's semantic loss.
 
@@ -73,7 +75,7 @@ class OhemCrossEntropyLoss(LossMetric):
             check_finite(pred, "pred")
             check_labels_in_range(target, 0, pred.shape[1] - 1, "target", self.ignore_index)
         loss = ohem_cross_entropy(pred, target, self.thres, self.min_kept, self.ignore_index, self.class_weight)
-        return self.loss_weight * loss
+        return loss
 
     def extra_repr(self) -> str:
         return (
@@ -82,6 +84,7 @@ class OhemCrossEntropyLoss(LossMetric):
         )
 
 
+@register_loss
 class BoundaryLoss(LossMetric):
     r"""Class-balanced binary cross-entropy of boundary logits (PIDNet's D branch), mean over all pixels.
 
@@ -108,7 +111,7 @@ class BoundaryLoss(LossMetric):
         _mean_only(type(self).__name__, weight, avg_factor, reduction)
         if self.validate_args:
             check_finite(pred, "pred")
-        return self.loss_weight * balanced_boundary_bce(pred, target)
+        return balanced_boundary_bce(pred, target)
 
     def extra_repr(self) -> str:
         return f"loss_weight={self.loss_weight}"

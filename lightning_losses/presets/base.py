@@ -8,10 +8,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from lightning_losses.config import RecordsInit
 from lightning_losses.distributed import reduce_mean
 from lightning_losses.losses.base import LossMetric
 from lightning_losses.registry import build_loss
+from lightning_losses.serialization import RecordsInit
 
 __all__ = ["DenseCriterion", "flatten_levels", "gather_boxes", "onehot_targets"]
 

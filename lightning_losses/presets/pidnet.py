@@ -9,12 +9,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lightning_losses.config import RecordsInit
 from lightning_losses.functional.segmentation import boundary_from_mask
 from lightning_losses.losses.base import LossMetric
 from lightning_losses.losses.classification import CrossEntropyLoss
 from lightning_losses.losses.segmentation import BoundaryLoss, OhemCrossEntropyLoss
 from lightning_losses.registry import build_loss
+from lightning_losses.serialization import RecordsInit
 
 __all__ = ["PIDNetCriterion"]
 

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import math
+
 import lightning as L
 import pytest
 import torch
 from torch import nn
 
+import lightning_losses as ll
 from lightning_losses import FocalLoss, GIoULoss, L1Loss, LossMetric, SmoothL1Loss
 from lightning_losses.losses.base import zero_weight_shortcut
 
@@ -148,14 +151,14 @@ def test_lightning_logs_step_and_epoch_values(tmp_path):
 
 
 def test_subclass_contract():
-    """A user-defined LossMetric needs only _loss; forward tracks it."""
+    """A user-defined LossMetric needs only _loss (without loss_weight); forward scales by loss_weight and tracks it."""
 
     class Double(LossMetric):
         def __init__(self, reduction: str = "mean", loss_weight: float = 1.0) -> None:
             super().__init__(reduction=reduction, loss_weight=loss_weight)
 
         def _loss(self, pred, target, weight, avg_factor, reduction):
-            return self.loss_weight * 2 * (pred - target).abs().mean()
+            return 2 * (pred - target).abs().mean()
 
     loss = Double(loss_weight=3.0)
     assert loss(torch.ones(2), torch.zeros(2)).item() == 6.0
@@ -191,3 +194,24 @@ def test_validate_args_checks_a_tensor_avg_factor(bad):
         L1Loss(validate_args=True)(pred, target, avg_factor=torch.tensor(bad))
     good = L1Loss(validate_args=True)(pred, target, avg_factor=torch.tensor(2.0))
     torch.testing.assert_close(good, torch.tensor(1.5))
+
+
+def test_loss_weight_is_applied_once_by_the_base():
+    """Reference: the same loss at loss_weight 1, times 2.5; every registered loss goes through scaled_loss."""
+    pred, target = torch.tensor([[0.2, -1.0], [1.5, 0.3]]), torch.tensor([1, 0])
+    for cls in (ll.CrossEntropyLoss, ll.FocalLoss):
+        one, scaled = cls(), cls(loss_weight=2.5)
+        assert scaled(pred, target).item() == pytest.approx(2.5 * one(pred, target).item(), rel=1e-6)
+
+
+def test_cross_entropy_gets_the_base_checks():
+    """CrossEntropyLoss no longer overrides forward: avg_factor validation and unknown keywords reach it too."""
+    loss = ll.CrossEntropyLoss(validate_args=True)
+    pred, target = torch.zeros(2, 3), torch.tensor([0, 1])
+    with pytest.raises(ValueError, match="avg_factor"):
+        loss(pred, target, avg_factor=torch.tensor(float("nan")))
+    with pytest.raises(TypeError, match="ignore_idx"):
+        loss(pred, target, ignore_idx=1)
+    # the per-call ignore_index still works: label 1 ignored leaves -log(1/3) over the one kept element / 2
+    value = ll.CrossEntropyLoss()(pred, target, ignore_index=1)
+    assert value.item() == pytest.approx(math.log(3) / 2, rel=1e-6)
