@@ -16,7 +16,7 @@ from typing import Any
 
 from torch import nn
 
-__all__ = ["RecordsInit", "from_config", "import_class_path", "to_config"]
+__all__ = ["RecordsInit", "from_config", "import_class_path", "init_config", "to_config"]
 
 
 class RecordsInit:
@@ -51,15 +51,87 @@ def _recording(init: Callable[..., None]) -> Callable[..., None]:
     return wrapper
 
 
+def init_config(obj: Any) -> tuple[str, dict[str, Any]] | None:
+    """``(class_path, init_args)`` that rebuild ``obj``, or ``None`` when they cannot be known for sure.
+
+    Objects built by a :class:`RecordsInit` class (every loss and criterion of the package, and their
+    subclasses) recorded their arguments. For any other ``nn.Module`` (a user's own criterion) the arguments
+    are read back from attributes named after the ``__init__`` parameters (``name`` or ``_name``, omitted ones
+    taking their defaults), then checked: a copy built from them must have the same class, plain attributes,
+    buffers, parameter shapes and children as ``obj``. Classes defined in ``__main__`` or inside a function
+    cannot be imported back and give ``None``.
+
+    Example:
+        >>> class Scaled(nn.Module):  # a user's criterion, no RecordsInit
+        ...     def __init__(self, scale: float = 1.0):
+        ...         super().__init__()
+        ...         self.scale = scale
+        >>> init_config(Scaled(2.0))[1]
+        {'scale': 2.0}
+    """
+    recorded = getattr(obj, "__dict__", {}).get("_init_config")
+    if recorded is not None:
+        return recorded
+    if not isinstance(obj, nn.Module):
+        return None
+    cls = type(obj)
+    if cls.__module__ == "__main__" or "<locals>" in cls.__qualname__:
+        return None
+    try:
+        parameters = list(inspect.signature(cls.__init__).parameters.values())[1:]
+    except (TypeError, ValueError):
+        return None
+    arguments: dict[str, Any] = {}
+    for param in parameters:
+        if param.kind in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD):
+            return None
+        for attr in (param.name, f"_{param.name}"):
+            if _has_attribute(obj, attr):
+                arguments[param.name] = getattr(obj, attr)
+                break
+        else:
+            if param.default is inspect.Parameter.empty:
+                return None
+    try:
+        copy = cls(**from_config(to_config(arguments)))
+    except Exception:  # a guess that does not construct is no config
+        return None
+    if _fingerprint(copy) != _fingerprint(obj):
+        return None
+    return f"{cls.__module__}.{cls.__qualname__}", arguments
+
+
+def _has_attribute(obj: nn.Module, name: str) -> bool:
+    return name in obj.__dict__ or name in obj._modules or name in obj._buffers or name in obj._parameters
+
+
+def _fingerprint(module: nn.Module) -> Any:
+    """What a rebuilt copy must share with the original: class, plain attributes, buffers, parameter shapes."""
+    plain = (bool, int, float, str, type(None))
+    attributes = sorted(
+        (k, repr(v))
+        for k, v in vars(module).items()
+        if not k.startswith("_") and k != "training" and isinstance(v, (*plain, tuple, list))
+    )
+    buffers = sorted(
+        (k, tuple(b.shape), b.dtype, b.tolist() if b.numel() < 64 else None)
+        for k, b in module._buffers.items()
+        if b is not None
+    )
+    params = sorted((k, tuple(p.shape)) for k, p in module._parameters.items() if p is not None)
+    children = sorted((k, _fingerprint(c)) for k, c in module._modules.items() if c is not None)
+    return type(module), attributes, buffers, params, children
+
+
 def to_config(value: Any) -> Any:
-    """Replace every recorded object inside ``value`` by its ``class_path`` / ``init_args`` dict.
+    """Replace every object inside ``value`` that :func:`init_config` can describe by its ``class_path`` dict.
 
     Example:
         >>> from lightning_losses import FocalLoss
         >>> to_config({"loss": FocalLoss(gamma=1.0)})["loss"]["init_args"]["gamma"]
         1.0
     """
-    config = getattr(value, "__dict__", {}).get("_init_config")
+    config = init_config(value)
     if config is not None:
         class_path, arguments = config
         return {"class_path": class_path, "init_args": {k: to_config(v) for k, v in arguments.items()}}
@@ -93,7 +165,8 @@ def import_class_path(class_path: str, base: type = nn.Module, name: str = "clas
     except AttributeError:
         raise KeyError(f"module {module_name!r} has no attribute {attr!r} (from `{name}` {class_path!r})") from None
     if not (isinstance(cls, type) and issubclass(cls, base)):
-        raise TypeError(f"`{name}` {class_path!r} must name a {base.__name__} subclass, got {cls!r}")
+        what = "nn.Module" if base is nn.Module else base.__name__
+        raise TypeError(f"`{name}` {class_path!r} must name a {what} subclass, got {cls!r}")
     return cls
 
 
