@@ -17,6 +17,7 @@ from lightning_losses.functional.classification import (
 from lightning_losses.functional.iou import bbox_overlaps, ciou_loss, diou_loss, giou_loss, iou_loss
 from lightning_losses.functional.reduction import reduce_loss, weight_reduce_loss
 from lightning_losses.functional.regression import balanced_l1_loss, l1_loss, mse_loss, smooth_l1_loss
+from lightning_losses.functional.varifocal import varifocal_loss
 
 __all__ = [
     "balanced_l1_loss",
@@ -36,5 +37,6 @@ __all__ = [
     "reduce_loss",
     "sigmoid_focal_loss",
     "smooth_l1_loss",
+    "varifocal_loss",
     "weight_reduce_loss",
 ]
