@@ -218,3 +218,22 @@ def test_boundary_from_mask_checks():
         boundary_from_mask(torch.zeros(1, 3, 3, dtype=torch.long), kernel_size=2)
     with pytest.raises(ValueError, match=r"\(B, H, W\)"):
         boundary_from_mask(torch.zeros(3, 3, dtype=torch.long))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_counts_and_sums_accumulate_in_float32(dtype):
+    """B 2 × 640²: more boundary / kept pixels than fp16 holds (65,504). Reference: the float32 computation."""
+    generator = torch.Generator().manual_seed(0)
+    boundary = torch.randn(2, 1, 640, 640, generator=generator)
+    edges = (torch.rand(2, 640, 640, generator=generator) < 0.1).long()  # ~82k positives
+    expected = balanced_boundary_bce(boundary.to(dtype).float(), edges)
+    got = balanced_boundary_bce(boundary.to(dtype), edges)
+    assert got.dtype == torch.float32
+    assert torch.isfinite(got)
+    torch.testing.assert_close(got, expected)
+    logits = torch.randn(2, 4, 640, 640, generator=generator)
+    labels = torch.randint(0, 4, (2, 640, 640), generator=generator)
+    got = ohem_cross_entropy(logits.to(dtype), labels, min_kept=10**6)
+    expected = ohem_cross_entropy(logits.to(dtype).float(), labels, min_kept=10**6)
+    assert torch.isfinite(got)
+    torch.testing.assert_close(got, expected, rtol=2e-2, atol=0)
