@@ -7,80 +7,17 @@ import torch
 
 from lightning_losses.assigners import MaxIoUAssigner
 from lightning_losses.boxes import AnchorGenerator, pad_targets, valid_flags
+from tests.references.mmdet_assigners import mmdet_max_iou_assign
+from tests.references.mmdet_boxes import bbox_overlaps
 
 
 # --------------------------------------------------------------------------------------------------
-# Independent references, written out per image from the notes (mmdet.md §1.2, netspresso.md §4).
+# References: MMDetection's assigner (tests/references/mmdet_assigners.py), torchvision's Matcher.
 # --------------------------------------------------------------------------------------------------
-def ref_iou(boxes1: torch.Tensor, boxes2: torch.Tensor) -> torch.Tensor:
-    """Pairwise IoU (N, M) of xyxy boxes, no +1: overlap / max(area1 + area2 - overlap, 1e-6)."""
-    area1 = (boxes1[:, 2] - boxes1[:, 0]) * (boxes1[:, 3] - boxes1[:, 1])
-    area2 = (boxes2[:, 2] - boxes2[:, 0]) * (boxes2[:, 3] - boxes2[:, 1])
-    lt = torch.max(boxes1[:, None, :2], boxes2[None, :, :2])
-    rb = torch.min(boxes1[:, None, 2:], boxes2[None, :, 2:])
-    wh = (rb - lt).clamp(min=0)
-    overlap = wh[..., 0] * wh[..., 1]
-    union = (area1[:, None] + area2[None, :] - overlap).clamp(min=1e-6)
-    return overlap / union
-
-
-def mmdet_max_iou_assign(
-    priors: torch.Tensor,
-    boxes: torch.Tensor,
-    labels: torch.Tensor,
-    valid: torch.Tensor | None = None,
-    pos_iou_thr: float = 0.5,
-    neg_iou_thr: float = 0.4,
-    min_pos_iou: float = 0.0,
-    match_low_quality: bool = True,
-    gt_max_assign_all: bool = True,
-    skip_boxes_overlapping_nothing: bool = True,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """MMDetection's assign_wrt_overlaps for one image, run on the valid priors only and unmapped (-1 elsewhere).
-
-    ``skip_boxes_overlapping_nothing`` is the package's documented deviation: a box whose best IoU is 0
-    claims no prior (MMDetection with min_pos_iou=0 would claim every zero-IoU prior).
-    """
-    num_priors = priors.shape[0]
-    if valid is None:
-        valid = torch.ones(num_priors, dtype=torch.bool)
-    inside = priors[valid]
-    num_gts, num_inside = boxes.shape[0], inside.shape[0]
-    gt_inds = torch.full((num_inside,), -1, dtype=torch.long)
-    max_overlaps = torch.zeros(num_inside)
-    if num_gts == 0 or num_inside == 0:
-        if num_gts == 0:
-            gt_inds[:] = 0
-    else:
-        overlaps = ref_iou(boxes, inside)  # (G, P)
-        max_overlaps, argmax_overlaps = overlaps.max(dim=0)
-        gt_max_overlaps, gt_argmax_overlaps = overlaps.max(dim=1)
-        gt_inds[(max_overlaps >= 0) & (max_overlaps < neg_iou_thr)] = 0
-        pos = max_overlaps >= pos_iou_thr
-        gt_inds[pos] = argmax_overlaps[pos] + 1
-        if match_low_quality:
-            for i in range(num_gts):
-                if gt_max_overlaps[i] >= min_pos_iou:
-                    if skip_boxes_overlapping_nothing and gt_max_overlaps[i] <= 0:
-                        continue
-                    if gt_max_assign_all:
-                        gt_inds[overlaps[i, :] == gt_max_overlaps[i]] = i + 1
-                    else:
-                        gt_inds[gt_argmax_overlaps[i]] = i + 1
-    out_inds = torch.full((num_priors,), -1, dtype=torch.long)
-    out_inds[valid] = gt_inds
-    out_max = torch.full((num_priors,), -1.0)
-    out_max[valid] = max_overlaps
-    out_labels = torch.full((num_priors,), -1, dtype=torch.long)
-    positive = out_inds > 0
-    out_labels[positive] = labels[out_inds[positive] - 1]
-    return out_inds, out_max, out_labels
-
-
 def matcher_assign(priors: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
     """torchvision's Matcher(0.5, 0.4, allow_low_quality_matches=True), mapped to gt_inds (-2 → -1, -1 → 0, i → i+1)."""
     matcher_cls = pytest.importorskip("torchvision.models.detection._utils").Matcher
-    matches = matcher_cls(0.5, 0.4, allow_low_quality_matches=True)(ref_iou(boxes, priors))
+    matches = matcher_cls(0.5, 0.4, allow_low_quality_matches=True)(bbox_overlaps(boxes, priors))
     return torch.where(matches >= 0, matches + 1, torch.where(matches == -2, -1, 0))
 
 
@@ -301,7 +238,7 @@ def test_best_mode_equals_torchvision_matcher(seed: int) -> None:
     targets = random_targets([12, 1, 25], g)
     result = MaxIoUAssigner(low_quality_match="best").assign(priors, pad_targets(targets))
     for i, t in enumerate(targets):
-        assert bool((ref_iou(t["boxes"], priors).max(dim=1).values > 0).all())
+        assert bool((bbox_overlaps(t["boxes"], priors).max(dim=1).values > 0).all())
         torch.testing.assert_close(result.gt_inds[i], matcher_assign(priors, t["boxes"]), rtol=0, atol=0)
 
 

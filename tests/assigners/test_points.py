@@ -7,74 +7,9 @@ import math
 import pytest
 import torch
 
-from lightning_losses.assigners import FCOS_REGRESS_RANGES, PointAssigner
+from lightning_losses.assigners import PointAssigner
 from lightning_losses.boxes import PointGenerator, level_indices, pad_targets
-
-INF = 1e8
-
-
-# --------------------------------------------------------------------------------------------------
-# Independent reference: FCOSHead._get_targets_single, one image, all levels concatenated.
-# --------------------------------------------------------------------------------------------------
-def mmdet_fcos_assign(
-    points: torch.Tensor,
-    num_points_per_lvl: list[int],
-    strides: list[int],
-    boxes: torch.Tensor,
-    labels: torch.Tensor,
-    regress_ranges=FCOS_REGRESS_RANGES,
-    center_sampling: bool = False,
-    radius: float = 1.5,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(gt_inds, labels) with the areas[...] = INF / min trick; gt_inds = argmin + 1 for positives, else 0."""
-    num_points, num_gts = points.shape[0], boxes.shape[0]
-    if num_gts == 0:
-        return torch.zeros(num_points, dtype=torch.long), torch.full((num_points,), -1, dtype=torch.long)
-    ranges = torch.cat(
-        [points.new_tensor(r)[None].expand(n, 2) for r, n in zip(regress_ranges, num_points_per_lvl, strict=False)]
-    )
-    areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
-    areas = areas[None].repeat(num_points, 1)
-    ranges = ranges[:, None, :].expand(num_points, num_gts, 2)
-    gt = boxes[None].expand(num_points, num_gts, 4)
-    xs = points[:, 0][:, None].expand(num_points, num_gts)
-    ys = points[:, 1][:, None].expand(num_points, num_gts)
-    left, right = xs - gt[..., 0], gt[..., 2] - xs
-    top, bottom = ys - gt[..., 1], gt[..., 3] - ys
-    bbox_targets = torch.stack((left, top, right, bottom), -1)
-
-    if center_sampling:
-        center_xs = (gt[..., 0] + gt[..., 2]) / 2
-        center_ys = (gt[..., 1] + gt[..., 3]) / 2
-        stride = center_xs.new_zeros(center_xs.shape)
-        begin = 0
-        for lvl, n in enumerate(num_points_per_lvl):
-            stride[begin : begin + n] = strides[lvl] * radius
-            begin += n
-        x_mins, y_mins = center_xs - stride, center_ys - stride
-        x_maxs, y_maxs = center_xs + stride, center_ys + stride
-        center_gts = torch.zeros_like(gt)
-        center_gts[..., 0] = torch.where(x_mins > gt[..., 0], x_mins, gt[..., 0])
-        center_gts[..., 1] = torch.where(y_mins > gt[..., 1], y_mins, gt[..., 1])
-        center_gts[..., 2] = torch.where(x_maxs > gt[..., 2], gt[..., 2], x_maxs)
-        center_gts[..., 3] = torch.where(y_maxs > gt[..., 3], gt[..., 3], y_maxs)
-        cb = torch.stack(
-            (xs - center_gts[..., 0], ys - center_gts[..., 1], center_gts[..., 2] - xs, center_gts[..., 3] - ys), -1
-        )
-        inside_gt_bbox_mask = cb.min(-1)[0] > 0
-    else:
-        inside_gt_bbox_mask = bbox_targets.min(-1)[0] > 0
-
-    max_regress_distance = bbox_targets.max(-1)[0]
-    inside_regress_range = (max_regress_distance >= ranges[..., 0]) & (max_regress_distance <= ranges[..., 1])
-    areas[inside_gt_bbox_mask == 0] = INF
-    areas[inside_regress_range == 0] = INF
-    min_area, min_area_inds = areas.min(dim=1)
-    out_labels = labels[min_area_inds].clone()
-    out_labels[min_area == INF] = -1
-    gt_inds = min_area_inds + 1
-    gt_inds[min_area == INF] = 0
-    return gt_inds, out_labels
+from tests.references.mmdet_assigners import INF, mmdet_fcos_assign
 
 
 def fcos_points(featmap_sizes, strides) -> tuple[torch.Tensor, torch.Tensor, list[int]]:

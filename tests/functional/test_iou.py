@@ -9,49 +9,17 @@ import torch
 import torchvision.ops as tvo
 
 from lightning_losses.functional import bbox_overlaps, ciou_loss, diou_loss, giou_loss, iou_loss
+from tests.references.mmdet_boxes import bbox_overlaps as mmdet_bbox_overlaps
 
 EPS32 = torch.finfo(torch.float32).eps
 F64 = torch.float64
 
 
 # --------------------------------------------------------------------------------------------------
-# Independent reference: MMDetection 3.x, written out from its formulas (structures/bbox/bbox_overlaps.py,
-# models/losses/iou_loss.py, models/losses/utils.py). Kept literal: no shared helper with the package.
+# Independent reference: MMDetection 3.x, written out from its formulas (structures/bbox/bbox_overlaps.py in
+# tests/references/mmdet_boxes.py, models/losses/iou_loss.py, models/losses/utils.py). Kept literal: no shared
+# helper with the package.
 # --------------------------------------------------------------------------------------------------
-def mmdet_bbox_overlaps(b1: torch.Tensor, b2: torch.Tensor, mode: str = "iou", is_aligned: bool = False, eps=1e-6):
-    """MMDetection's bbox_overlaps for iou / iof / giou; union and enclosing area clamped with max(., eps)."""
-    rows, cols = b1.size(-2), b2.size(-2)
-    batch_shape = b1.shape[:-2]
-    if rows * cols == 0:
-        return b1.new_zeros(batch_shape + ((rows,) if is_aligned else (rows, cols)))
-    area1 = (b1[..., 2] - b1[..., 0]) * (b1[..., 3] - b1[..., 1])
-    area2 = (b2[..., 2] - b2[..., 0]) * (b2[..., 3] - b2[..., 1])
-    if is_aligned:
-        lt = torch.max(b1[..., :2], b2[..., :2])
-        rb = torch.min(b1[..., 2:], b2[..., 2:])
-        wh = (rb - lt).clamp(min=0)
-        overlap = wh[..., 0] * wh[..., 1]
-        union = area1 + area2 - overlap if mode in ("iou", "giou") else area1
-        enclosed_lt = torch.min(b1[..., :2], b2[..., :2])
-        enclosed_rb = torch.max(b1[..., 2:], b2[..., 2:])
-    else:
-        lt = torch.max(b1[..., :, None, :2], b2[..., None, :, :2])
-        rb = torch.min(b1[..., :, None, 2:], b2[..., None, :, 2:])
-        wh = (rb - lt).clamp(min=0)
-        overlap = wh[..., 0] * wh[..., 1]
-        union = area1[..., None] + area2[..., None, :] - overlap if mode in ("iou", "giou") else area1[..., None]
-        enclosed_lt = torch.min(b1[..., :, None, :2], b2[..., None, :, :2])
-        enclosed_rb = torch.max(b1[..., :, None, 2:], b2[..., None, :, 2:])
-    eps_t = union.new_tensor([eps])
-    union = torch.max(union, eps_t)
-    ious = overlap / union
-    if mode in ("iou", "iof"):
-        return ious
-    enclose_wh = (enclosed_rb - enclosed_lt).clamp(min=0)
-    enclose_area = torch.max(enclose_wh[..., 0] * enclose_wh[..., 1], eps_t)
-    return ious - (enclose_area - union) / enclose_area
-
-
 def mmdet_iou_loss(pred, target, mode="log", eps=1e-6):
     """iou_loss: aligned IoU (union eps fixed at the default 1e-6), then clamp(min=eps) before the mode."""
     ious = mmdet_bbox_overlaps(pred, target, is_aligned=True).clamp(min=eps)

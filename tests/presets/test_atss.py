@@ -1,76 +1,84 @@
-"""ATSSCriterion against a literal reference of MMDetection 3.x ``ATSSHead.loss_by_feat`` (``mmdet_reference.py``:
+"""ATSSCriterion against a literal reference of MMDetection 3.x ``ATSSHead.loss_by_feat``
+(``tests/references/mmdet_atss_gfl.py``:
 ATSSAssigner with per-level topk and the -INF trick, per-level losses, bbox avg factor = max(Σ centerness, 1))."""
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent))
-import mmdet_reference as ref
-from mmdet_reference import single_intra_op_thread  # noqa: F401 (autouse fixture)
-
 from lightning_losses import ATSSCriterion, CrossEntropyLoss, DIoULoss, FocalLoss, GIoULoss, LossMetric
+from tests.references.mmdet_atss_gfl import ATSS_ANCHORS, ATSS_STDS, atss_assign, atss_loss_by_feat, atss_targets
+from tests.references.mmdet_boxes import bbox_overlaps, delta_encode, grid_anchors
+from tests.references.mmdet_dense_heads import STRIDES, total
+from tests.references.scenes import (
+    FEATMAP_SIZES,
+    SCENES,
+    assert_terms_match,
+    levels_to_maps,
+    random_maps,
+    random_targets,
+    scene,
+)
+
+pytestmark = pytest.mark.usefixtures("single_intra_op_thread")
 
 C = 4
 
 
 def _inputs(name: str) -> tuple[list, list, list, list[dict], list[tuple[int, int]]]:
-    generator, targets, sizes = ref.scene(name, C)
-    cls_scores = ref.random_maps(generator, 2, C, sizes)
-    bbox_preds = ref.random_maps(generator, 2, 4, sizes, scale=0.5)
-    centerness = ref.random_maps(generator, 2, 1, sizes)
+    generator, targets, sizes = scene(name, C)
+    cls_scores = random_maps(generator, 2, C, sizes)
+    bbox_preds = random_maps(generator, 2, 4, sizes, scale=0.5)
+    centerness = random_maps(generator, 2, 1, sizes)
     return cls_scores, bbox_preds, centerness, targets, sizes
 
 
-@pytest.mark.parametrize("name", list(ref.SCENES))
+@pytest.mark.parametrize("name", list(SCENES))
 def test_equals_atsshead_loss_by_feat(name):
     """Reference: ATSSHead.loss_by_feat with the ATSS config (topk 9, stds .1/.2, GIoU ×2); values and grads."""
     cls_scores, bbox_preds, centerness, targets, _ = _inputs(name)
     got = ATSSCriterion(C)(cls_scores, bbox_preds, centerness, targets)
-    want = ref.total(ref.atss_loss_by_feat(cls_scores, bbox_preds, centerness, targets, C))
-    ref.assert_terms_match(got, want, cls_scores + bbox_preds + centerness)
+    want = total(atss_loss_by_feat(cls_scores, bbox_preds, centerness, targets, C))
+    assert_terms_match(got, want, cls_scores + bbox_preds + centerness)
 
 
 def test_single_level_threshold_uses_the_unbiased_std():
     """Reference on one level (9 candidates per box): some candidate IoUs lie between mean + biased std and
     mean + unbiased std, so only torch.std's default (N - 1) reproduces MMDetection's positives."""
     generator = torch.Generator().manual_seed(105)
-    targets = ref.random_targets(generator, (4, 3), C, max_size=60.0)
+    targets = random_targets(generator, (4, 3), C, max_size=60.0)
     sizes = [(16, 16)]
-    anchors = ref.grid_anchors(sizes, (8,), **ref.ATSS_ANCHORS)[0]
+    anchors = grid_anchors(sizes, (8,), **ATSS_ANCHORS)[0]
     between = 0
     for t in targets:
         centers = (anchors[:, :2] + anchors[:, 2:]) / 2
         gt_centers = (t["boxes"][:, :2] + t["boxes"][:, 2:]) / 2
         near = torch.cdist(centers, gt_centers).topk(9, dim=0, largest=False).indices
-        ious = ref.bbox_overlaps(anchors, t["boxes"])[near, torch.arange(len(gt_centers))]
+        ious = bbox_overlaps(anchors, t["boxes"])[near, torch.arange(len(gt_centers))]
         biased = ious.mean(0) + ious.std(0, unbiased=False)
         between += int(((ious >= biased) & (ious < ious.mean(0) + ious.std(0))).sum())
     assert between > 0
-    cls_scores = ref.random_maps(generator, 2, C, sizes)
-    bbox_preds = ref.random_maps(generator, 2, 4, sizes, scale=0.5)
-    centerness = ref.random_maps(generator, 2, 1, sizes)
+    cls_scores = random_maps(generator, 2, C, sizes)
+    bbox_preds = random_maps(generator, 2, 4, sizes, scale=0.5)
+    centerness = random_maps(generator, 2, 1, sizes)
     got = ATSSCriterion(C, strides=(8,))(cls_scores, bbox_preds, centerness, targets)
-    want = ref.total(ref.atss_loss_by_feat(cls_scores, bbox_preds, centerness, targets, C, strides=(8,)))
-    ref.assert_terms_match(got, want, cls_scores + bbox_preds + centerness)
+    want = total(atss_loss_by_feat(cls_scores, bbox_preds, centerness, targets, C, strides=(8,)))
+    assert_terms_match(got, want, cls_scores + bbox_preds + centerness)
 
 
 def test_scenes_exercise_several_levels_and_shared_candidates():
     """The scenes are not trivial: positives on three levels, and priors that are candidates of several boxes."""
     levels = set()
     shared = 0
-    for name in ref.SCENES:
-        _, targets, sizes = ref.scene(name, C)
-        anchors = ref.grid_anchors(sizes, ref.STRIDES, **ref.ATSS_ANCHORS)
+    for name in SCENES:
+        _, targets, sizes = scene(name, C)
+        anchors = grid_anchors(sizes, STRIDES, **ATSS_ANCHORS)
         flat = torch.cat(anchors)
         counts = [len(a) for a in anchors]
         starts = torch.tensor([0, *counts]).cumsum(0)
         for t in targets:
-            gt_inds, _ = ref.atss_assign(flat, counts, t["boxes"], t["labels"])
+            gt_inds, _ = atss_assign(flat, counts, t["boxes"], t["labels"])
             pos = torch.nonzero(gt_inds > 0).squeeze(1)
             levels |= set((torch.bucketize(pos, starts[1:], right=True)).tolist())
             if len(t["boxes"]) > 1:
@@ -87,30 +95,30 @@ def test_per_image_pad_shapes_restrict_assignment_and_classification():
     anchors on padded cells take no part in the assignment nor in num_level_priors, and get label weight 0."""
     generator = torch.Generator().manual_seed(5)
     pad_shapes = [(128, 128), (64, 96)]
-    targets = ref.random_targets(generator, (3, 4), C, pad_shapes, max_size=60.0)
-    sizes = ref.FEATMAP_SIZES
-    cls_scores = ref.random_maps(generator, 2, C, sizes)
-    bbox_preds = ref.random_maps(generator, 2, 4, sizes, scale=0.5)
-    centerness = ref.random_maps(generator, 2, 1, sizes)
+    targets = random_targets(generator, (3, 4), C, pad_shapes, max_size=60.0)
+    sizes = FEATMAP_SIZES
+    cls_scores = random_maps(generator, 2, C, sizes)
+    bbox_preds = random_maps(generator, 2, 4, sizes, scale=0.5)
+    centerness = random_maps(generator, 2, 1, sizes)
     got = ATSSCriterion(C)(cls_scores, bbox_preds, centerness, targets, image_size=torch.tensor(pad_shapes))
-    want = ref.total(ref.atss_loss_by_feat(cls_scores, bbox_preds, centerness, targets, C, pad_shapes=pad_shapes))
-    unpadded = ref.total(ref.atss_loss_by_feat(cls_scores, bbox_preds, centerness, targets, C))
+    want = total(atss_loss_by_feat(cls_scores, bbox_preds, centerness, targets, C, pad_shapes=pad_shapes))
+    unpadded = total(atss_loss_by_feat(cls_scores, bbox_preds, centerness, targets, C))
     assert not torch.allclose(unpadded["loss_cls"], want["loss_cls"])  # the flags matter in this scene
-    ref.assert_terms_match(got, want, cls_scores + bbox_preds + centerness)
+    assert_terms_match(got, want, cls_scores + bbox_preds + centerness)
 
 
 def test_perfect_deltas_give_zero_box_loss():
     """Deltas encoded (stds .1, .1, .2, .2) from each positive anchor to its box: GIoU loss ≈ 0."""
     cls_scores, _, centerness, targets, sizes = _inputs("seed0")
-    anchors, labels, _, bbox_targets, _, _ = ref.atss_targets(cls_scores, targets, C)
+    anchors, labels, _, bbox_targets, _, _ = atss_targets(cls_scores, targets, C)
     per_level = []
     for a, lab, t in zip(anchors, labels, bbox_targets, strict=True):
         deltas = torch.zeros_like(t)
         pos = lab < C
-        deltas[pos] = ref.delta_encode(a[pos], t[pos], (0.0,) * 4, ref.ATSS_STDS)
+        deltas[pos] = delta_encode(a[pos], t[pos], (0.0,) * 4, ATSS_STDS)
         per_level.append(deltas)
     assert sum(int((lab < C).sum()) for lab in labels) > 0
-    bbox_preds = [m.requires_grad_() for m in ref.levels_to_maps(per_level, sizes)]
+    bbox_preds = [m.requires_grad_() for m in levels_to_maps(per_level, sizes)]
     out = ATSSCriterion(C)(cls_scores, bbox_preds, centerness, targets)
     assert out["loss_bbox"].detach().item() < 1e-5
     noisy = [(m + 0.2).detach() for m in bbox_preds]
@@ -121,7 +129,7 @@ def test_batch_without_boxes_gives_finite_cls_and_zero_box_terms_with_graph():
     cls_scores, bbox_preds, centerness, _, _ = _inputs("seed0")
     empty = [{"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.long)} for _ in range(2)]
     got = ATSSCriterion(C)(cls_scores, bbox_preds, centerness, empty)
-    want = ref.total(ref.atss_loss_by_feat(cls_scores, bbox_preds, centerness, empty, C))
+    want = total(atss_loss_by_feat(cls_scores, bbox_preds, centerness, empty, C))
     assert torch.isfinite(got["loss_cls"])
     torch.testing.assert_close(got["loss_cls"], want["loss_cls"], rtol=1e-4, atol=1e-6)
     for term in ("loss_bbox", "loss_centerness"):

@@ -1,19 +1,19 @@
-"""FCOSCriterion against a literal reference of MMDetection 3.x ``FCOSHead.loss_by_feat`` (``mmdet_reference.py``:
+"""FCOSCriterion against a literal reference of MMDetection 3.x ``FCOSHead.loss_by_feat``
+(``tests/references/mmdet_fcos.py``:
 ``_get_targets_single`` with the areas = INF trick, level-then-image flattening, per-term avg factors)."""
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent))
-import mmdet_reference as ref
-from mmdet_reference import single_intra_op_thread  # noqa: F401 (autouse fixture)
-
 from lightning_losses import CrossEntropyLoss, FCOSCriterion, FocalLoss, GIoULoss, IoULoss, L1Loss, LossMetric
+from tests.references.mmdet_boxes import grid_points
+from tests.references.mmdet_dense_heads import STRIDES
+from tests.references.mmdet_fcos import fcos_get_targets, fcos_loss_by_feat
+from tests.references.scenes import FEATMAP_SIZES, SCENES, assert_terms_match, levels_to_maps, random_maps, scene
+
+pytestmark = pytest.mark.usefixtures("single_intra_op_thread")
 
 C = 4
 
@@ -21,21 +21,21 @@ C = 4
 def _inputs(name: str, stride_units: bool = False) -> tuple[list, list, list, list[dict], list[tuple[int, int]]]:
     """Scene maps; ``bbox_preds`` are positive distances (the head's ``exp`` / ``clamp`` output), in pixels
     (about 12 px) or, for ``norm_on_bbox``, in strides (about 1.6)."""
-    generator, targets, sizes = ref.scene(name, C)
-    cls_scores = ref.random_maps(generator, 2, C, sizes)
+    generator, targets, sizes = scene(name, C)
+    cls_scores = random_maps(generator, 2, C, sizes)
     shift = 0.5 if stride_units else 2.5
-    bbox_preds = ref.random_maps(generator, 2, 4, sizes, scale=0.5, shift=shift, positive=True)
-    centerness = ref.random_maps(generator, 2, 1, sizes)
+    bbox_preds = random_maps(generator, 2, 4, sizes, scale=0.5, shift=shift, positive=True)
+    centerness = random_maps(generator, 2, 1, sizes)
     return cls_scores, bbox_preds, centerness, targets, sizes
 
 
-@pytest.mark.parametrize("name", list(ref.SCENES))
+@pytest.mark.parametrize("name", list(SCENES))
 def test_default_config_equals_fcoshead_loss_by_feat(name):
     """Reference: FCOSHead.loss_by_feat, default config (no center sampling, IoULoss(log)); values and grads."""
     cls_scores, bbox_preds, centerness, targets, _ = _inputs(name)
     got = FCOSCriterion(C)(cls_scores, bbox_preds, centerness, targets)
-    want = ref.fcos_loss_by_feat(cls_scores, bbox_preds, centerness, targets, C)
-    ref.assert_terms_match(got, want, cls_scores + bbox_preds + centerness)
+    want = fcos_loss_by_feat(cls_scores, bbox_preds, centerness, targets, C)
+    assert_terms_match(got, want, cls_scores + bbox_preds + centerness)
 
 
 @pytest.mark.parametrize("name", ["seed0", "large"])
@@ -44,10 +44,10 @@ def test_center_sampling_normbbox_giou_config_equals_reference(name):
     cls_scores, bbox_preds, centerness, targets, _ = _inputs(name, stride_units=True)
     criterion = FCOSCriterion(C, center_sampling=True, norm_on_bbox=True, loss_bbox={"type": "GIoULoss"})
     got = criterion(cls_scores, bbox_preds, centerness, targets)
-    want = ref.fcos_loss_by_feat(
+    want = fcos_loss_by_feat(
         cls_scores, bbox_preds, centerness, targets, C, center_sampling=True, norm_on_bbox=True, loss_bbox="giou"
     )
-    ref.assert_terms_match(got, want, cls_scores + bbox_preds + centerness)
+    assert_terms_match(got, want, cls_scores + bbox_preds + centerness)
 
 
 def test_equal_area_boxes_the_first_box_wins():
@@ -55,14 +55,14 @@ def test_equal_area_boxes_the_first_box_wins():
     boxes = torch.tensor([[0.0, 0.0, 16.0, 32.0], [0.0, 0.0, 32.0, 16.0], [40.0, 40.0, 104.0, 96.0]])
     targets = [{"boxes": boxes, "labels": torch.tensor([1, 3, 0])}, {"boxes": boxes[2:], "labels": torch.tensor([2])}]
     generator = torch.Generator().manual_seed(4)
-    sizes = ref.FEATMAP_SIZES
-    cls_scores = ref.random_maps(generator, 2, C, sizes)
-    bbox_preds = ref.random_maps(generator, 2, 4, sizes, scale=0.5, shift=2.0, positive=True)
-    centerness = ref.random_maps(generator, 2, 1, sizes)
+    sizes = FEATMAP_SIZES
+    cls_scores = random_maps(generator, 2, C, sizes)
+    bbox_preds = random_maps(generator, 2, 4, sizes, scale=0.5, shift=2.0, positive=True)
+    centerness = random_maps(generator, 2, 1, sizes)
     got = FCOSCriterion(C)(cls_scores, bbox_preds, centerness, targets)
-    want = ref.fcos_loss_by_feat(cls_scores, bbox_preds, centerness, targets, C)
-    ref.assert_terms_match(got, want, cls_scores + bbox_preds + centerness)
-    labels, _ = ref.fcos_get_targets(ref.grid_points(sizes, ref.STRIDES), targets, C)
+    want = fcos_loss_by_feat(cls_scores, bbox_preds, centerness, targets, C)
+    assert_terms_match(got, want, cls_scores + bbox_preds + centerness)
+    labels, _ = fcos_get_targets(grid_points(sizes, STRIDES), targets, C)
     assert labels[0][[0, 1, 16, 17]].tolist() == [1, 1, 1, 1]  # points (4|12, 4|12) lie in boxes 0 and 1
 
 
@@ -72,14 +72,14 @@ def test_regress_ranges_are_inclusive_at_both_ends():
     boxes = torch.tensor([[-56.0, 0.0, 40.0, 24.0], [0.0, 40.0, 68.0, 60.0]])
     targets = [{"boxes": boxes, "labels": torch.tensor([2, 1])}] * 2
     generator = torch.Generator().manual_seed(6)
-    sizes = ref.FEATMAP_SIZES
-    cls_scores = ref.random_maps(generator, 2, C, sizes)
-    bbox_preds = ref.random_maps(generator, 2, 4, sizes, scale=0.5, shift=2.0, positive=True)
-    centerness = ref.random_maps(generator, 2, 1, sizes)
+    sizes = FEATMAP_SIZES
+    cls_scores = random_maps(generator, 2, C, sizes)
+    bbox_preds = random_maps(generator, 2, 4, sizes, scale=0.5, shift=2.0, positive=True)
+    centerness = random_maps(generator, 2, 1, sizes)
     got = FCOSCriterion(C)(cls_scores, bbox_preds, centerness, targets)
-    want = ref.fcos_loss_by_feat(cls_scores, bbox_preds, centerness, targets, C)
-    ref.assert_terms_match(got, want, cls_scores + bbox_preds + centerness)
-    labels, bbox_targets = ref.fcos_get_targets(ref.grid_points(sizes, ref.STRIDES), targets, C)
+    want = fcos_loss_by_feat(cls_scores, bbox_preds, centerness, targets, C)
+    assert_terms_match(got, want, cls_scores + bbox_preds + centerness)
+    labels, bbox_targets = fcos_get_targets(grid_points(sizes, STRIDES), targets, C)
     assert labels[0][5 * 16].item() == 1  # point (4, 44): (l, t, r, b) = (4, 4, 64, 16)
     assert bbox_targets[0][5 * 16].max().item() == 64.0
     assert labels[1][0].item() == 2  # point (8, 8): (64, 8, 32, 16)
@@ -89,12 +89,12 @@ def test_regress_ranges_are_inclusive_at_both_ends():
 def test_perfect_distances_give_zero_box_loss():
     """Exact (l, t, r, b) of every positive point (reference targets): -log IoU ≈ 0."""
     cls_scores, _, centerness, targets, sizes = _inputs("seed0")
-    labels, bbox_targets = ref.fcos_get_targets(ref.grid_points(sizes, ref.STRIDES), targets, C)
+    labels, bbox_targets = fcos_get_targets(grid_points(sizes, STRIDES), targets, C)
     per_level = [
         torch.where((lab < C)[:, None], t, torch.ones_like(t)).reshape(2, -1, 4)
         for lab, t in zip(labels, bbox_targets, strict=True)
     ]
-    bbox_preds = [m.requires_grad_() for m in ref.levels_to_maps(per_level, sizes)]
+    bbox_preds = [m.requires_grad_() for m in levels_to_maps(per_level, sizes)]
     out = FCOSCriterion(C)(cls_scores, bbox_preds, centerness, targets)
     assert out["loss_bbox"].detach().item() < 1e-5
     scaled = [(m * 1.2).detach() for m in bbox_preds]
@@ -107,7 +107,7 @@ def test_batch_without_boxes_gives_finite_cls_and_zero_box_terms_with_graph():
     cls_scores, bbox_preds, centerness, _, _ = _inputs("seed0")
     empty = [{"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.long)} for _ in range(2)]
     got = FCOSCriterion(C)(cls_scores, bbox_preds, centerness, empty)
-    want = ref.fcos_loss_by_feat(cls_scores, bbox_preds, centerness, empty, C)
+    want = fcos_loss_by_feat(cls_scores, bbox_preds, centerness, empty, C)
     assert torch.isfinite(got["loss_cls"])
     torch.testing.assert_close(got["loss_cls"], want["loss_cls"], rtol=1e-4, atol=1e-6)
     for term in ("loss_bbox", "loss_centerness"):

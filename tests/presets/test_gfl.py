@@ -1,19 +1,28 @@
-"""GFLCriterion against a literal reference of MMDetection 3.x ``GFLHead.loss_by_feat`` (``mmdet_reference.py``:
+"""GFLCriterion against a literal reference of MMDetection 3.x ``GFLHead.loss_by_feat``
+(``tests/references/mmdet_atss_gfl.py``:
 ATSS targets, ``loss_by_feat_single`` per level in stride units with Integral, QFL / GIoU ×2 / DFL ×0.25)."""
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent))
-import mmdet_reference as ref
-from mmdet_reference import single_intra_op_thread  # noqa: F401 (autouse fixture)
-
 from lightning_losses import DistributionFocalLoss, GFLCriterion, GIoULoss, LossMetric, QualityFocalLoss
+from tests.references.mmdet_atss_gfl import atss_targets, gfl_loss_by_feat
+from tests.references.mmdet_boxes import bbox2distance
+from tests.references.mmdet_dense_heads import STRIDES, total
+from tests.references.scenes import (
+    FEATMAP_SIZES,
+    SCENES,
+    assert_terms_match,
+    grads,
+    levels_to_maps,
+    random_maps,
+    random_targets,
+    scene,
+)
+
+pytestmark = pytest.mark.usefixtures("single_intra_op_thread")
 
 C = 4
 REG_MAX = 16
@@ -21,44 +30,44 @@ BINS = REG_MAX + 1
 
 
 def _inputs(name: str) -> tuple[list, list, list[dict], list[tuple[int, int]]]:
-    generator, targets, sizes = ref.scene(name, C)
-    cls_scores = ref.random_maps(generator, 2, C, sizes)
-    bbox_preds = ref.random_maps(generator, 2, 4 * BINS, sizes)
+    generator, targets, sizes = scene(name, C)
+    cls_scores = random_maps(generator, 2, C, sizes)
+    bbox_preds = random_maps(generator, 2, 4 * BINS, sizes)
     return cls_scores, bbox_preds, targets, sizes
 
 
-@pytest.mark.parametrize("name", list(ref.SCENES))
+@pytest.mark.parametrize("name", list(SCENES))
 def test_equals_gflhead_loss_by_feat(name):
     """Reference: GFLHead.loss_by_feat with the GFL config (reg_max 16); values and gradients of every term."""
     cls_scores, bbox_preds, targets, _ = _inputs(name)
     got = GFLCriterion(C)(cls_scores, bbox_preds, targets)
-    want = ref.total(ref.gfl_loss_by_feat(cls_scores, bbox_preds, targets, C))
-    ref.assert_terms_match(got, want, cls_scores + bbox_preds)
+    want = total(gfl_loss_by_feat(cls_scores, bbox_preds, targets, C))
+    assert_terms_match(got, want, cls_scores + bbox_preds)
 
 
 def test_smaller_reg_max_equals_reference():
     """Reference with reg_max = 7 (8 bins): DFL targets clamped to [0, 6.9], so many sides are clamped."""
-    generator, targets, sizes = ref.scene("seed0", C)
-    cls_scores = ref.random_maps(generator, 2, C, sizes)
-    bbox_preds = ref.random_maps(generator, 2, 4 * 8, sizes)
+    generator, targets, sizes = scene("seed0", C)
+    cls_scores = random_maps(generator, 2, C, sizes)
+    bbox_preds = random_maps(generator, 2, 4 * 8, sizes)
     got = GFLCriterion(C, reg_max=7)(cls_scores, bbox_preds, targets)
-    want = ref.total(ref.gfl_loss_by_feat(cls_scores, bbox_preds, targets, C, reg_max=7))
-    ref.assert_terms_match(got, want, cls_scores + bbox_preds)
+    want = total(gfl_loss_by_feat(cls_scores, bbox_preds, targets, C, reg_max=7))
+    assert_terms_match(got, want, cls_scores + bbox_preds)
 
 
 def test_low_confidence_uses_the_clamped_normaliser():
     """Reference with every class logit around -6: Σ weight (max sigmoid of the positives) < 1, clamped to 1."""
     cls_scores, bbox_preds, targets, _ = _inputs("seed2")
     low = [(m.detach() - 6.0).requires_grad_() for m in cls_scores]
-    _, labels, *_ = ref.atss_targets(low, targets, C)
+    _, labels, *_ = atss_targets(low, targets, C)
     weight = sum(
         m.detach().permute(0, 2, 3, 1).reshape(2, -1, C)[lab < C].sigmoid().amax(-1).sum()
         for m, lab in zip(low, labels, strict=True)
     )
     assert 0 < weight < 1  # so the normaliser is the clamp
     got = GFLCriterion(C)(low, bbox_preds, targets)
-    want = ref.total(ref.gfl_loss_by_feat(low, bbox_preds, targets, C))
-    ref.assert_terms_match(got, want, low + bbox_preds)
+    want = total(gfl_loss_by_feat(low, bbox_preds, targets, C))
+    assert_terms_match(got, want, low + bbox_preds)
 
 
 def test_per_image_pad_shapes_restrict_assignment_and_classification():
@@ -66,15 +75,15 @@ def test_per_image_pad_shapes_restrict_assignment_and_classification():
     take no part in the assignment nor in num_level_priors, and get label weight 0 in the QFL."""
     generator = torch.Generator().manual_seed(5)
     pad_shapes = [(128, 128), (64, 96)]
-    targets = ref.random_targets(generator, (3, 4), C, pad_shapes, max_size=60.0)
-    sizes = ref.FEATMAP_SIZES
-    cls_scores = ref.random_maps(generator, 2, C, sizes)
-    bbox_preds = ref.random_maps(generator, 2, 4 * BINS, sizes)
+    targets = random_targets(generator, (3, 4), C, pad_shapes, max_size=60.0)
+    sizes = FEATMAP_SIZES
+    cls_scores = random_maps(generator, 2, C, sizes)
+    bbox_preds = random_maps(generator, 2, 4 * BINS, sizes)
     got = GFLCriterion(C)(cls_scores, bbox_preds, targets, image_size=torch.tensor(pad_shapes))
-    want = ref.total(ref.gfl_loss_by_feat(cls_scores, bbox_preds, targets, C, pad_shapes=pad_shapes))
-    unpadded = ref.total(ref.gfl_loss_by_feat(cls_scores, bbox_preds, targets, C))
+    want = total(gfl_loss_by_feat(cls_scores, bbox_preds, targets, C, pad_shapes=pad_shapes))
+    unpadded = total(gfl_loss_by_feat(cls_scores, bbox_preds, targets, C))
     assert not torch.allclose(unpadded["loss_cls"], want["loss_cls"])  # the flags matter in this scene
-    ref.assert_terms_match(got, want, cls_scores + bbox_preds)
+    assert_terms_match(got, want, cls_scores + bbox_preds)
 
 
 def test_quality_target_and_box_weight_are_detached():
@@ -82,12 +91,12 @@ def test_quality_target_and_box_weight_are_detached():
     loss_cls does not depend on bbox_preds, loss_bbox / loss_dfl not on cls_scores."""
     cls_scores, bbox_preds, targets, _ = _inputs("seed0")
     out = GFLCriterion(C)(cls_scores, bbox_preds, targets)
-    for grad in ref.grads(out["loss_cls"], bbox_preds):
+    for grad in grads(out["loss_cls"], bbox_preds):
         assert torch.count_nonzero(grad) == 0
     for term in ("loss_bbox", "loss_dfl"):
-        for grad in ref.grads(out[term], cls_scores):
+        for grad in grads(out[term], cls_scores):
             assert torch.count_nonzero(grad) == 0
-    assert any(torch.count_nonzero(g) for g in ref.grads(out["loss_cls"], cls_scores))
+    assert any(torch.count_nonzero(g) for g in grads(out["loss_cls"], cls_scores))
 
 
 def _two_bin_logits(distances: torch.Tensor) -> torch.Tensor:
@@ -103,31 +112,31 @@ def _two_bin_logits(distances: torch.Tensor) -> torch.Tensor:
 def test_sharp_exact_distributions_give_near_zero_giou_loss():
     """Distributions whose integral is each positive's exact distance (stride units): 2·GIoU term ≈ 0."""
     cls_scores, bbox_preds, targets, sizes = _inputs("seed0")
-    anchors, labels, _, bbox_targets, _, _ = ref.atss_targets(cls_scores, targets, C)
+    anchors, labels, _, bbox_targets, _, _ = atss_targets(cls_scores, targets, C)
     per_level = []
-    for a, lab, t, stride, m in zip(anchors, labels, bbox_targets, ref.STRIDES, bbox_preds, strict=True):
+    for a, lab, t, stride, m in zip(anchors, labels, bbox_targets, STRIDES, bbox_preds, strict=True):
         logits = m.detach().permute(0, 2, 3, 1).reshape(2, -1, 4 * BINS).clone()
         pos = lab < C
         centers = (a[pos][:, :2] + a[pos][:, 2:]) / 2 / stride
-        distances = ref.bbox2distance(centers, t[pos] / stride)
+        distances = bbox2distance(centers, t[pos] / stride)
         assert bool((distances < REG_MAX).all())  # representable by the integral
         logits[pos] = _two_bin_logits(distances)
         per_level.append(logits)
     assert sum(int((lab < C).sum()) for lab in labels) > 0
-    sharp = [m.requires_grad_() for m in ref.levels_to_maps(per_level, sizes)]
+    sharp = [m.requires_grad_() for m in levels_to_maps(per_level, sizes)]
     criterion = GFLCriterion(C)
     out = criterion(cls_scores, sharp, targets)
     assert out["loss_bbox"].detach().item() < 1e-5
     assert criterion(cls_scores, bbox_preds, targets)["loss_bbox"].detach().item() > 0.1
-    want = ref.total(ref.gfl_loss_by_feat(cls_scores, sharp, targets, C))
-    ref.assert_terms_match(out, want, cls_scores + sharp)
+    want = total(gfl_loss_by_feat(cls_scores, sharp, targets, C))
+    assert_terms_match(out, want, cls_scores + sharp)
 
 
 def test_batch_without_boxes_gives_finite_cls_and_zero_box_terms_with_graph():
     cls_scores, bbox_preds, _, _ = _inputs("seed0")
     empty = [{"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.long)} for _ in range(2)]
     got = GFLCriterion(C)(cls_scores, bbox_preds, empty)
-    want = ref.total(ref.gfl_loss_by_feat(cls_scores, bbox_preds, empty, C))
+    want = total(gfl_loss_by_feat(cls_scores, bbox_preds, empty, C))
     assert torch.isfinite(got["loss_cls"])
     torch.testing.assert_close(got["loss_cls"], want["loss_cls"], rtol=1e-4, atol=1e-6)
     for term in ("loss_bbox", "loss_dfl"):

@@ -1,17 +1,10 @@
 """RetinaNetCriterion against literal references: MMDetection 3.x ``RetinaHead.loss_by_feat`` and NetsPresso's
-``retinanet_loss`` (both in ``mmdet_reference.py``, written from the seed notes, per image and per level)."""
+``retinanet_loss`` (``tests/references/mmdet_dense_heads.py`` and ``netspresso.py``, per image and per level)."""
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 import torch
-
-sys.path.insert(0, str(Path(__file__).parent))
-import mmdet_reference as ref
-from mmdet_reference import single_intra_op_thread  # noqa: F401 (autouse fixture)
 
 from lightning_losses import (
     FocalLoss,
@@ -22,15 +15,43 @@ from lightning_losses import (
     SigmoidFocalLoss,
     SmoothL1Loss,
 )
+from tests.references.mmdet_boxes import bbox_overlaps, grid_anchors
+from tests.references.mmdet_dense_heads import (
+    RETINA_ANCHORS,
+    STRIDES,
+    retinanet_assign,
+    retinanet_loss_by_feat,
+    retinanet_targets,
+    total,
+)
+from tests.references.netspresso import (
+    box_coder_encode_single,
+    box_iou,
+    matcher,
+    netspresso_anchors,
+    netspresso_match,
+    netspresso_retinanet_loss,
+)
+from tests.references.scenes import (
+    FEATMAP_SIZES,
+    SCENES,
+    assert_terms_match,
+    levels_to_maps,
+    random_maps,
+    random_targets,
+    scene,
+)
+
+pytestmark = pytest.mark.usefixtures("single_intra_op_thread")
 
 C = 3
 A = 9
 
 
 def _inputs(name: str) -> tuple[list[torch.Tensor], list[torch.Tensor], list[dict], list[tuple[int, int]]]:
-    generator, targets, sizes = ref.scene(name, C)
-    cls_scores = ref.random_maps(generator, 2, A * C, sizes)
-    bbox_preds = ref.random_maps(generator, 2, A * 4, sizes, scale=0.5)
+    generator, targets, sizes = scene(name, C)
+    cls_scores = random_maps(generator, 2, A * C, sizes)
+    bbox_preds = random_maps(generator, 2, A * 4, sizes, scale=0.5)
     return cls_scores, bbox_preds, targets, sizes
 
 
@@ -38,37 +59,37 @@ def _inputs(name: str) -> tuple[list[torch.Tensor], list[torch.Tensor], list[dic
 # equality with MMDetection
 
 
-@pytest.mark.parametrize("name", list(ref.SCENES))
+@pytest.mark.parametrize("name", list(SCENES))
 def test_mmdet_style_equals_retinahead_loss_by_feat(name):
     """Reference: literal RetinaHead.loss_by_feat (SmoothL1(beta=1) box loss); values and gradients per term."""
     cls_scores, bbox_preds, targets, sizes = _inputs(name)
-    anchors = torch.cat(ref.grid_anchors(sizes, ref.STRIDES, **ref.RETINA_ANCHORS))
+    anchors = torch.cat(grid_anchors(sizes, STRIDES, **RETINA_ANCHORS))
     for t in targets:  # every box overlaps some anchor, so the documented deviation cannot show here
-        assert bool((ref.bbox_overlaps(t["boxes"], anchors).amax(dim=1) > 0).all())
+        assert bool((bbox_overlaps(t["boxes"], anchors).amax(dim=1) > 0).all())
     got = RetinaNetCriterion(C)(cls_scores, bbox_preds, targets)
-    want = ref.total(ref.retinanet_loss_by_feat(cls_scores, bbox_preds, targets, C))
-    ref.assert_terms_match(got, want, cls_scores + bbox_preds)
+    want = total(retinanet_loss_by_feat(cls_scores, bbox_preds, targets, C))
+    assert_terms_match(got, want, cls_scores + bbox_preds)
 
 
 def test_l1_box_loss_equals_mmdet_config():
     """Reference: RetinaHead with the 3.x config's L1Loss (loss_bbox=L1Loss())."""
     cls_scores, bbox_preds, targets, _ = _inputs("seed0")
     got = RetinaNetCriterion(C, loss_bbox=L1Loss())(cls_scores, bbox_preds, targets)
-    want = ref.total(ref.retinanet_loss_by_feat(cls_scores, bbox_preds, targets, C, loss_bbox="l1"))
-    ref.assert_terms_match(got, want, cls_scores + bbox_preds)
+    want = total(retinanet_loss_by_feat(cls_scores, bbox_preds, targets, C, loss_bbox="l1"))
+    assert_terms_match(got, want, cls_scores + bbox_preds)
 
 
 def test_per_image_pad_shapes_ignore_anchors_beyond_them():
     """Reference: valid_flags from each image's pad_shape; anchors on padded cells get label weight 0."""
     generator = torch.Generator().manual_seed(5)
     pad_shapes = [(128, 128), (64, 96)]
-    targets = ref.random_targets(generator, (3, 4), C, pad_shapes, max_size=60.0)
-    sizes = ref.FEATMAP_SIZES
-    cls_scores = ref.random_maps(generator, 2, A * C, sizes)
-    bbox_preds = ref.random_maps(generator, 2, A * 4, sizes, scale=0.5)
+    targets = random_targets(generator, (3, 4), C, pad_shapes, max_size=60.0)
+    sizes = FEATMAP_SIZES
+    cls_scores = random_maps(generator, 2, A * C, sizes)
+    bbox_preds = random_maps(generator, 2, A * 4, sizes, scale=0.5)
     got = RetinaNetCriterion(C)(cls_scores, bbox_preds, targets, image_size=torch.tensor(pad_shapes))
-    want = ref.total(ref.retinanet_loss_by_feat(cls_scores, bbox_preds, targets, C, pad_shapes=pad_shapes))
-    ref.assert_terms_match(got, want, cls_scores + bbox_preds)
+    want = total(retinanet_loss_by_feat(cls_scores, bbox_preds, targets, C, pad_shapes=pad_shapes))
+    assert_terms_match(got, want, cls_scores + bbox_preds)
     unpadded = RetinaNetCriterion(C)(cls_scores, bbox_preds, targets)
     assert not torch.allclose(unpadded["loss_cls"], got["loss_cls"])  # the flags do change the loss
 
@@ -99,9 +120,9 @@ def test_mmdet_low_quality_ties_all_claimed_later_box_wins():
     cls, box = _tie_maps(len(priors))
     criterion = RetinaNetCriterion(C, strides=(8,))
     got = criterion([cls], [box], targets, priors=priors)
-    want = ref.total(ref.retinanet_loss_by_feat([cls], [box], targets, C, strides=(8,), anchors=[priors]))
-    ref.assert_terms_match(got, want, [cls, box])
-    gt_inds, _ = ref.max_iou_assign(priors, targets[0]["boxes"], targets[0]["labels"])
+    want = total(retinanet_loss_by_feat([cls], [box], targets, C, strides=(8,), anchors=[priors]))
+    assert_terms_match(got, want, [cls, box])
+    gt_inds, _ = retinanet_assign(priors, targets[0]["boxes"], targets[0]["labels"])
     assert gt_inds.tolist() == [2, 2, 2, 2, 0]
 
 
@@ -110,21 +131,21 @@ def test_mmdet_low_quality_ties_all_claimed_later_box_wins():
 
 
 def _netspresso_inputs(name: str) -> tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor, list[dict]]:
-    generator, targets, sizes = ref.scene(name, C)
-    anchors = torch.cat(ref.netspresso_anchors(sizes, ref.STRIDES))
+    generator, targets, sizes = scene(name, C)
+    anchors = torch.cat(netspresso_anchors(sizes, STRIDES))
     counts = [h * w * 3 for h, w in sizes]
     cls = [torch.randn(2, n, C, generator=generator).requires_grad_() for n in counts]
     box = [(0.5 * torch.randn(2, n, 4, generator=generator)).requires_grad_() for n in counts]
     return cls, box, anchors, targets
 
 
-@pytest.mark.parametrize("name", list(ref.SCENES))
+@pytest.mark.parametrize("name", list(SCENES))
 def test_netspresso_style_equals_retinanet_loss(name):
     """Reference: NetsPresso's retinanet_loss (torchvision Matcher 0.5/0.4 low-quality, BoxCoder, L1, per image)."""
     cls, box, anchors, targets = _netspresso_inputs(name)
     got = RetinaNetCriterion(C, style="netspresso")(cls, box, targets, priors=anchors)
-    want = ref.netspresso_retinanet_loss(cls, box, anchors, targets)
-    ref.assert_terms_match(got, want, cls + box)
+    want = netspresso_retinanet_loss(cls, box, anchors, targets)
+    assert_terms_match(got, want, cls + box)
 
 
 def test_netspresso_low_quality_ties_go_to_each_priors_best_box():
@@ -134,23 +155,23 @@ def test_netspresso_low_quality_ties_go_to_each_priors_best_box():
     cls3 = cls.flatten(2).transpose(1, 2)
     box3 = box.flatten(2).transpose(1, 2)
     got = RetinaNetCriterion(C, strides=(8,), style="netspresso")([cls3], [box3], targets, priors=priors)
-    want = ref.netspresso_retinanet_loss([cls3], [box3], priors, targets)
-    ref.assert_terms_match(got, want, [cls, box])
-    assert ref.netspresso_match(priors, targets)[0].tolist() == [0, 0, 0, 0, -1]  # box 0, not box 1
+    want = netspresso_retinanet_loss([cls3], [box3], priors, targets)
+    assert_terms_match(got, want, [cls, box])
+    assert netspresso_match(priors, targets)[0].tolist() == [0, 0, 0, 0, -1]  # box 0, not box 1
 
 
 def test_reference_matcher_and_coder_equal_torchvision():
     """The NetsPresso reference's Matcher and BoxCoder against torchvision's own (sanity of the reference)."""
     det_utils = pytest.importorskip("torchvision.models.detection._utils")
-    _generator, targets, sizes = ref.scene("seed0", C)
-    anchors = torch.cat(ref.netspresso_anchors(sizes, ref.STRIDES))
-    quality = ref.box_iou(targets[1]["boxes"], anchors)
+    _generator, targets, sizes = scene("seed0", C)
+    anchors = torch.cat(netspresso_anchors(sizes, STRIDES))
+    quality = box_iou(targets[1]["boxes"], anchors)
     expected = det_utils.Matcher(0.5, 0.4, allow_low_quality_matches=True)(quality)
-    assert torch.equal(ref.matcher(quality), expected)
+    assert torch.equal(matcher(quality), expected)
     fg = expected >= 0
     gt = targets[1]["boxes"][expected[fg]]
     encoded = det_utils.BoxCoder((1.0, 1.0, 1.0, 1.0)).encode_single(gt, anchors[fg])
-    torch.testing.assert_close(ref.box_coder_encode_single(gt, anchors[fg]), encoded)
+    torch.testing.assert_close(box_coder_encode_single(gt, anchors[fg]), encoded)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -169,16 +190,16 @@ def test_box_overlapping_no_prior_claims_nothing_unlike_references(style):
     with_far = [far, targets[1]]
     if style == "mmdet":
         got = RetinaNetCriterion(C)(cls_scores, bbox_preds, with_far)
-        without = ref.total(ref.retinanet_loss_by_feat(cls_scores, bbox_preds, targets, C))
-        literal = ref.total(ref.retinanet_loss_by_feat(cls_scores, bbox_preds, with_far, C))
-        anchors = torch.cat(ref.grid_anchors(sizes, ref.STRIDES, **ref.RETINA_ANCHORS))
-        gt_inds, _ = ref.max_iou_assign(anchors, far["boxes"], far["labels"])
+        without = total(retinanet_loss_by_feat(cls_scores, bbox_preds, targets, C))
+        literal = total(retinanet_loss_by_feat(cls_scores, bbox_preds, with_far, C))
+        anchors = torch.cat(grid_anchors(sizes, STRIDES, **RETINA_ANCHORS))
+        gt_inds, _ = retinanet_assign(anchors, far["boxes"], far["labels"])
         assert int((gt_inds == len(far["boxes"])).sum()) > 1000  # the literal reference: most priors positive
     else:
         cls, box, anchors, _ = _netspresso_inputs("seed0")
         got = RetinaNetCriterion(C, style="netspresso")(cls, box, with_far, priors=anchors)
-        without = ref.netspresso_retinanet_loss(cls, box, anchors, targets)
-        literal = ref.netspresso_retinanet_loss(cls, box, anchors, with_far)
+        without = netspresso_retinanet_loss(cls, box, anchors, targets)
+        literal = netspresso_retinanet_loss(cls, box, anchors, with_far)
     for key in without:
         torch.testing.assert_close(got[key], without[key], rtol=1e-4, atol=1e-6)
     assert not torch.allclose(literal["loss_bbox"], without["loss_bbox"])
@@ -191,9 +212,9 @@ def test_box_overlapping_no_prior_claims_nothing_unlike_references(style):
 def test_perfect_deltas_give_zero_box_loss():
     """Deltas encoded from each positive anchor to its box (reference targets) give loss_bbox ≈ 0."""
     cls_scores, _, targets, sizes = _inputs("seed0")
-    _, labels, _, bbox_targets, _, _ = ref.retinanet_targets(cls_scores, targets, C)
+    _, labels, _, bbox_targets, _, _ = retinanet_targets(cls_scores, targets, C)
     assert sum(int((lab < C).sum()) for lab in labels) > 0
-    bbox_preds = [m.requires_grad_() for m in ref.levels_to_maps(bbox_targets, sizes)]
+    bbox_preds = [m.requires_grad_() for m in levels_to_maps(bbox_targets, sizes)]
     out = RetinaNetCriterion(C)(cls_scores, bbox_preds, targets)
     assert float(out["loss_bbox"].detach()) < 1e-6
     noisy = [(m + 0.1).detach() for m in bbox_preds]
@@ -208,11 +229,11 @@ def test_batch_without_boxes_gives_finite_cls_and_zero_box_loss_with_graph(style
     empty = [{"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.long)} for _ in range(2)]
     if style == "mmdet":
         got = RetinaNetCriterion(C)(cls_scores, bbox_preds, empty)
-        want = ref.total(ref.retinanet_loss_by_feat(cls_scores, bbox_preds, empty, C))
+        want = total(retinanet_loss_by_feat(cls_scores, bbox_preds, empty, C))
     else:
         cls_scores, bbox_preds, anchors, _ = _netspresso_inputs("seed0")
         got = RetinaNetCriterion(C, style="netspresso")(cls_scores, bbox_preds, empty, priors=anchors)
-        want = ref.netspresso_retinanet_loss(cls_scores, bbox_preds, anchors, empty)
+        want = netspresso_retinanet_loss(cls_scores, bbox_preds, anchors, empty)
     assert torch.isfinite(got["loss_cls"])
     assert got["loss_cls"].detach().item() > 0
     torch.testing.assert_close(got["loss_cls"], want["loss_cls"], rtol=1e-4, atol=1e-6)

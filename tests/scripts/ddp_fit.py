@@ -2,8 +2,9 @@
 
 Each rank writes its per-step term values, the collectives it made during each training step and
 after the last one (the epoch-end sync of the logged metrics), and, after fit, the epoch values
-Lightning logged. Run: python ddp_fit.py OUT_DIR.
-Used by tests/lightning/test_ddp_fit.py.
+Lightning logged. Run from the repository root: ``python -m tests.scripts.ddp_fit OUT_DIR`` (or run the file
+with the repository on ``PYTHONPATH``, as the root conftest sets it). Used by tests/lightning/test_ddp_fit.py
+and benchmarks/collectives.py.
 """
 
 from __future__ import annotations
@@ -17,8 +18,7 @@ import torch
 import torch.distributed as dist
 from torchmetrics import Metric
 
-sys.path.insert(0, str(Path(__file__).parents[1] / "lightning"))
-from tiny import TinyYOLOX, loader
+from tests.lightning.tiny import TinyYOLOX, loader
 
 COLLECTIVES = ("all_reduce", "all_gather", "all_gather_object", "broadcast", "reduce", "gather", "barrier")
 
