@@ -270,6 +270,21 @@ def mask_cross_entropy(
     return weight_reduce_loss(loss, weight, reduction, avg_factor)
 
 
+def binary_cross_entropy_of_probabilities(prob: Tensor, target: Tensor) -> Tensor:
+    r"""Element-wise :math:`-(t \log p + (1 - t) \log(1 - p))` of probabilities, each log clamped at -100.
+
+    The values of ``F.binary_cross_entropy(prob, target, reduction="none")``, written out so that it runs
+    under CUDA autocast (which refuses that op in half precision), in at least float32 whatever the input dtype.
+
+    Example:
+        >>> binary_cross_entropy_of_probabilities(torch.tensor([0.5, 1.0]), torch.tensor([1.0, 0.0]))
+        tensor([  0.6931, 100.0000])
+    """
+    dtype = torch.promote_types(prob.dtype, torch.float32)
+    p, t = prob.to(dtype), target.to(dtype)
+    return -(t * torch.log(p).clamp(min=-100) + (1 - t) * torch.log(1 - p).clamp(min=-100))
+
+
 def _focal_target(pred: Tensor, target: Tensor) -> Tensor:
     """Class-index targets ``(N,)`` in ``[0, C]`` become one-hot ``(N, C)``; same-shape targets pass."""
     if target.ndim == pred.ndim - 1 and not target.is_floating_point():
@@ -360,7 +375,7 @@ def sigmoid_focal_loss(
     target = _focal_target(pred, target)
     if activated:
         prob = pred
-        ce = F.binary_cross_entropy(pred, target, reduction="none")
+        ce = binary_cross_entropy_of_probabilities(pred, target)
     else:
         prob = pred.sigmoid()
         ce = F.binary_cross_entropy_with_logits(pred, target, reduction="none")
@@ -443,8 +458,8 @@ def quality_focal_loss(
         score = scores.to(pred.dtype).unsqueeze(1).expand_as(pred)
     if activated:
         prob = pred
-        bce_neg = F.binary_cross_entropy(pred, torch.zeros_like(pred), reduction="none")
-        bce_pos = F.binary_cross_entropy(pred, score, reduction="none")
+        bce_neg = binary_cross_entropy_of_probabilities(pred, torch.zeros_like(pred))
+        bce_pos = binary_cross_entropy_of_probabilities(pred, score)
     else:
         prob = pred.sigmoid()
         bce_neg = F.binary_cross_entropy_with_logits(pred, torch.zeros_like(pred), reduction="none")

@@ -1097,3 +1097,36 @@ def test_binary_cross_entropy_avg_non_ignore_count_is_exact_in_float16():
     labels = torch.randint(0, 81, (1000,))
     out = binary_cross_entropy(pred, labels, avg_non_ignore=True)
     assert_close(out.float(), torch.tensor(LOG2), rtol=1e-2, atol=1e-3)
+
+
+def test_activated_focal_and_qfl_avoid_the_autocast_banned_op(monkeypatch):
+    """CUDA autocast refuses F.binary_cross_entropy in half precision: the activated paths must not call it.
+    Reference: the values F.binary_cross_entropy gives, computed before the op is banned."""
+    generator = torch.Generator().manual_seed(3)
+    prob = torch.rand(6, 4, generator=generator).clamp(0.02, 0.98)
+    labels = torch.tensor([0, 3, 4, 1, 4, 2])
+    scores = torch.rand(6, generator=generator)
+    onehot = F.one_hot(labels, 5)[:, :4].float()
+    ce = F.binary_cross_entropy(prob, onehot, reduction="none")
+    p_t = prob * onehot + (1 - prob) * (1 - onehot)
+    expected_focal = (ce * (1 - p_t) ** 2 * (0.25 * onehot + 0.75 * (1 - onehot))).mean()
+    score = scores.unsqueeze(1).expand_as(prob)
+    expected_qfl = (
+        torch.where(
+            onehot.bool(),
+            F.binary_cross_entropy(prob, score, reduction="none") * (score - prob).abs() ** 2,
+            F.binary_cross_entropy(prob, torch.zeros_like(prob), reduction="none") * prob**2,
+        )
+        .sum(1)
+        .mean()
+    )
+
+    def banned(*args, **kwargs):
+        raise RuntimeError("binary_cross_entropy is unsafe to autocast")
+
+    monkeypatch.setattr(F, "binary_cross_entropy", banned)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        focal = sigmoid_focal_loss(prob, labels, activated=True)
+        qfl = quality_focal_loss(prob, (labels, scores), activated=True)
+    torch.testing.assert_close(focal, expected_focal)
+    torch.testing.assert_close(qfl, expected_qfl)
