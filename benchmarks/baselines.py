@@ -5,20 +5,25 @@ models, loggers, their dependencies), so the parent packages are registered as e
 in ``sys.modules`` pointing at the vendored folders; ``losses/detection/yolox.py``,
 ``losses/detection/retinanet.py``, ``losses/common.py`` and ``utils/bbox_utils.py`` then import with
 torch and torchvision only.
+
+The folder is ``benchmarks/_vendor`` unless ``BENCHMARKS_VENDOR`` names another one (``run.py --vendor``
+sets it, so the memory-measuring child processes look in the same place).
 """
 
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 import types
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["VENDOR", "NetsPresso", "load_netspresso"]
+__all__ = ["VENDOR", "VENDOR_ENV", "NetsPresso", "load_netspresso"]
 
 VENDOR = Path(__file__).resolve().parent / "_vendor"
+VENDOR_ENV = "BENCHMARKS_VENDOR"
 PACKAGE = "netspresso_trainer"
 EXPECTED_VERSION = "1.4.1"
 _PARENTS = {
@@ -38,8 +43,10 @@ class NetsPresso:
     retinanet_loss: type
 
 
-def load_netspresso(vendor: Path = VENDOR) -> NetsPresso | str:
+def load_netspresso(vendor: Path | None = None) -> NetsPresso | str:
     """Import ``YOLOXLoss`` and ``RetinaNetLoss`` from ``vendor``; a reason string when they are not there."""
+    if vendor is None:
+        vendor = Path(os.environ.get(VENDOR_ENV, VENDOR))
     root = vendor / PACKAGE
     if not (root / "losses" / "detection" / "yolox.py").is_file():
         return f"NetsPresso Trainer not found in {vendor} (run benchmarks/setup_baselines.sh)"

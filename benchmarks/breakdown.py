@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from workloads import Case
+
+from benchmarks.workloads import Case
 
 __all__ = ["Breakdown", "breakdown"]
 

@@ -17,7 +17,8 @@ from pathlib import Path
 
 __all__ = ["collectives_section"]
 
-SCRIPT = Path(__file__).resolve().parents[1] / "tests" / "scripts" / "ddp_fit.py"
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = "tests.scripts.ddp_fit"  # run with -m from the repository root
 LOGGED_METRICS = 5  # loss_bbox, loss_obj, loss_cls, loss_l1 and the total
 STATES = 2  # loss_sum and num_calls
 
@@ -30,9 +31,10 @@ def collectives_section(timeout: float = 600.0) -> list[str]:
     """Markdown lines: a table per rank and the verdict against the targets."""
     lines = ["## Collectives under DDP: a 2-rank CPU fit (gloo, ranks on different data)", ""]
     with tempfile.TemporaryDirectory(prefix="bench-ddp-") as out:
-        env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled"}
+        pythonpath = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled", "PYTHONPATH": pythonpath}
         proc = subprocess.run(
-            [sys.executable, str(SCRIPT), out], capture_output=True, text=True, timeout=timeout, env=env
+            [sys.executable, "-m", SCRIPT, out], capture_output=True, text=True, timeout=timeout, env=env, cwd=REPO
         )
         if proc.returncode != 0:
             return [*lines, f"The fit failed (exit {proc.returncode}): `{proc.stderr.strip().splitlines()[-1]}`", ""]

@@ -34,7 +34,7 @@ from typing import Any
 __all__ = ["MemoryResult", "measure", "start_forkserver"]
 
 MMAP_THRESHOLD = "131072"
-PRELOAD = ["torch", "workloads", "lightning_losses.losses", "lightning_losses.presets"]
+PRELOAD = ["torch", "benchmarks.workloads", "lightning_losses.losses", "lightning_losses.presets"]
 _context: ForkServerContext | None = None
 
 
@@ -60,7 +60,8 @@ def _status_kib(field: str) -> int:
 def _child(workload: str, params: dict[str, Any], candidate: str, device_name: str, threads: int) -> MemoryResult:
     """Measure in this (child) process."""
     import torch
-    from workloads import BY_NAME
+
+    from benchmarks.workloads import BY_NAME
 
     torch.set_num_threads(threads)
     device = torch.device(device_name)

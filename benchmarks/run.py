@@ -1,18 +1,21 @@
 """Run the performance benchmarks of ``lightning_losses`` and write ``benchmarks/RESULTS.md``.
 
-    python benchmarks/run.py                 # full suite (≈ 15 min on 2 cores)
-    python benchmarks/run.py --quick         # smaller sizes, fewer rounds (≈ 2 min)
-    python benchmarks/run.py --only Focal --out /tmp/focal.md
+    python -m benchmarks.run                 # full suite (≈ 15 min on 2 cores)
+    python -m benchmarks.run --quick         # smaller sizes, fewer rounds (≈ 1 min); a smoke test
+    python -m benchmarks.run --only Focal --out /tmp/focal.md
+
+(``python benchmarks/run.py`` works too.)
 
 Two phases per device (CPU, and CUDA when available):
 
-1. memory: every candidate of every workload size in a process of its own (:mod:`memory`), ``--jobs``
-   at a time (peak memory is per process, so running two at once does not disturb the figures);
-2. time: in this process, the candidates of one workload alternate round by round (:mod:`timing`),
+1. memory: every candidate of every workload size in a process of its own (:mod:`benchmarks.memory`),
+   ``--jobs`` at a time (peak memory is per process, so running two at once does not disturb the figures);
+2. time: in this process, the candidates of one workload alternate round by round (:mod:`benchmarks.timing`),
    and each table row reports the median of the per-round ratios; criteria then get a stage breakdown
-   (:mod:`breakdown`).
+   (:mod:`benchmarks.breakdown`).
 
-NetsPresso rows need ``benchmarks/setup_baselines.sh`` first; without it they are skipped with a note.
+NetsPresso rows need ``benchmarks/setup_baselines.sh`` first (or ``--vendor DIR``); without it they are
+skipped with a note, and every other row still runs.
 """
 
 from __future__ import annotations
@@ -36,14 +39,18 @@ from typing import Any
 # artefact. It must be set before torch loads libgomp; an explicit OMP_WAIT_POLICY in the environment wins.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+if not __package__:  # run as a script (python benchmarks/run.py): make the `benchmarks` package importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 import torch
-from baselines import load_netspresso
-from breakdown import breakdown
-from collectives import collectives_section
-from memory import MemoryResult, measure, start_forkserver
-from report import Row, StageRow, machine_info, render
-from timing import quartiles, thread_check, time_interleaved
-from workloads import WORKLOADS, Workload
+
+from benchmarks.baselines import VENDOR, VENDOR_ENV, load_netspresso
+from benchmarks.breakdown import breakdown
+from benchmarks.collectives import collectives_section
+from benchmarks.memory import MemoryResult, measure, start_forkserver
+from benchmarks.report import Row, StageRow, machine_info, render
+from benchmarks.timing import quartiles, thread_check, time_interleaved
+from benchmarks.workloads import WORKLOADS, Workload
 
 HERE = Path(__file__).resolve().parent
 METHOD = """
@@ -78,7 +85,7 @@ def _log(message: str) -> None:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="smaller sizes and fewer rounds (≈ 2 min)")
+    parser.add_argument("--quick", action="store_true", help="smaller sizes and fewer rounds (≈ 1 min); a smoke test")
     parser.add_argument("--out", type=Path, default=HERE / "RESULTS.md", help="Markdown file to write")
     parser.add_argument(
         "--device", choices=("auto", "cpu", "cuda"), default="auto", help="auto: CPU, plus CUDA when available"
@@ -89,6 +96,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--only", action="append", default=[], help="run workloads whose name contains this ('ddp': the DDP fit)"
     )
     parser.add_argument("--memory-timeout", type=float, default=900.0, help="seconds per memory process")
+    parser.add_argument(
+        "--vendor", type=Path, default=VENDOR, help="folder holding NetsPresso Trainer (setup_baselines.sh fills it)"
+    )
+    parser.add_argument("--no-ddp", action="store_true", help="leave out the 2-rank DDP fit (its own ≈ 20 s)")
+    parser.add_argument(
+        "--rounds", type=int, default=None, help="timed rounds per workload size (default 3–5 with --quick, else 5–15)"
+    )
     return parser.parse_args(argv)
 
 
@@ -148,6 +162,8 @@ def _time_workload(
     notes.extend(f"{workload.name} {size}: {n}" for n in case.notes)
     names = [n for n in _candidates(workload, set(case.candidates)) if n in case.candidates]
     max_rounds, min_rounds, budget = (5, 3, 2.0) if args.quick else (15, 5, workload.budget_s)
+    if args.rounds is not None:
+        max_rounds = min_rounds = max(1, args.rounds)
     _log(f"time {workload.name} {size} on {device}: {', '.join(names)}")
     timing = time_interleaved(case, names, device, max_rounds, min_rounds, budget)
     rows = []
@@ -177,7 +193,7 @@ def _time_workload(
             row.note = f"{c.baseline} unavailable"
             notes.append(f"{workload.name} {size}: row vs {c.baseline} skipped ({c.baseline} unavailable)")
         rows.append(row)
-        versus = f", vs {c.baseline}: ratio {row.ratio[1]:.3g}" if c.baseline else ""
+        versus = f", vs {c.baseline}: " + (row.note or f"ratio {row.ratio[1]:.3g}") if c.baseline else ""
         _log(f"  {c.candidate} {row.candidate_ms:,.1f} ms{versus}")
     stages = []
     if workload.group in ("netspresso", "criteria"):
@@ -203,6 +219,7 @@ def main(argv: list[str] | None = None) -> None:
     machine = machine_info()
     selected = [w for w in WORKLOADS if not args.only or any(s.lower() in w.name.lower() for s in args.only)]
     plan = [(w, dict(p)) for w in selected for p in (w.quick if args.quick else w.full)]
+    os.environ[VENDOR_ENV] = str(args.vendor.resolve())  # the workloads and the memory children read it
     ns = load_netspresso()
     available = {"package", "composite", "floor"} | (set() if isinstance(ns, str) else {"netspresso"})
     notes: list[str] = []
@@ -220,7 +237,8 @@ def main(argv: list[str] | None = None) -> None:
             rows += r
             stages += s
             gc.collect()
-    ddp = collectives_section() if not args.only or any("ddp" in s.lower() for s in args.only) else []
+    run_ddp = not args.no_ddp and (not args.only or any("ddp" in s.lower() for s in args.only))
+    ddp = collectives_section() if run_ddp else []
     load_end = os.getloadavg()
     check_end = thread_check(args.threads)
     changed = [k for k, v in machine_info().items() if k in ("git", "fused.py sha256") and v != machine[k]]
@@ -242,6 +260,8 @@ def main(argv: list[str] | None = None) -> None:
         "total runtime": f"{elapsed / 60:.1f} min",
     }
     rounds = "Rounds: 3–5, ≈ 2 s per workload (--quick)." if args.quick else "Rounds: 5–15 per workload size."
+    if args.rounds is not None:
+        rounds = f"Rounds: {max(1, args.rounds)} per workload size (--rounds)."
     text = render(
         header,
         rows,

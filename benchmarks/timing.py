@@ -16,7 +16,8 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from workloads import Case, run_step
+
+from benchmarks.workloads import Case, run_step
 
 __all__ = ["Timing", "quartiles", "thread_check", "time_interleaved"]
 

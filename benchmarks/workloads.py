@@ -17,11 +17,11 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import baselines
-import composites
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from benchmarks import baselines, composites
 
 __all__ = ["BY_NAME", "WORKLOADS", "Case", "Comparison", "Workload", "run_step"]
 

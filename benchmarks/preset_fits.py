@@ -7,8 +7,8 @@ the run's CSV metrics (``logs/<name>/csv/version_*/metrics.csv``) and ``summary.
 final ``val/loss`` and the detection ``val/map_50`` (``val/miou`` for PIDNet) after the first and the last
 epoch, so a working preset shows its metric rising.
 
-    python benchmarks/presets.py                                   # all six presets, the configs' epochs
-    python benchmarks/presets.py --presets retinanet,fcos --epochs 2 --threads 2 --out /tmp/PRESETS.md
+    python -m benchmarks.preset_fits                               # all six presets, the configs' epochs
+    python -m benchmarks.preset_fits --presets retinanet,fcos --epochs 2 --threads 2 --out /tmp/PRESETS.md
 
 The Markdown file gets a header with the machine (CPU model, cores, load average before and after),
 torch/lightning versions, the date and the exact command; the table is printed too.
