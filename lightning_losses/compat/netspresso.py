@@ -12,9 +12,17 @@ total, ``None`` meaning 1):
   ``out["bbox_regression"]``, ``out["anchors"]``, ``target["gt"]``.
 - ``pidnet_loss`` → ``PIDNetCriterion(ohem=False, ignore_index=-100)`` on ``out["extra_p"]``, ``out["pred"]``,
   ``out["extra_d"]``, ``target["target"]``, ``target["bd_gt"]``; 0 when ``out["extra_p"]`` is None.
+- ``seg_cross_entropy`` → ``CrossEntropyLoss(ignore_index=-100, avg_non_ignore=True, label_smoothing=…)`` on
+  ``out["pred"]`` resized bilinearly (``align_corners=False``) to ``target["target"]``'s ``(H, W)``.
+- ``yolofastest_loss`` → ``YOLOFastestCriterion(anchors, strides=None)`` on ``out["pred"]``, ``target["gt"]``, with
+  strides ``target["img_size"] // W_l``; ``l1_activate_epoch`` is accepted and ignored (no L1 term, as in NetsPresso).
+- ``rtmcc_loss`` → ``KLDiscretLoss(beta=10, label_softmax=True, label_beta=10)`` on ``out["pred"]`` ``(N, K, 2·W)``
+  split into x and y bins, against :func:`~lightning_losses.functional.simcc_gaussian_targets` of
+  ``target["keypoints"]`` ``(N, K, 3)`` (σ 5.66, split ratio 2, weight = visibility); ``W`` comes from the
+  prediction (NetsPresso fixes 512 bins, a 256 × 256 input, and fails for other head sizes).
 
 The criteria's class count is read from the outputs on the first call. Unlike NetsPresso's own
-``yolox_loss`` and ``pidnet_loss``, nothing here modifies ``out`` or ``target``.
+``yolox_loss``, ``yolofastest_loss`` and ``pidnet_loss``, nothing here modifies ``out`` or ``target``.
 """
 
 from __future__ import annotations
@@ -24,12 +32,17 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lightning_losses.functional.pose import simcc_gaussian_targets
 from lightning_losses.losses.base import LossMetric
 from lightning_losses.losses.classification import CrossEntropyLoss, SigmoidFocalLoss
+from lightning_losses.losses.pose import KLDiscretLoss
 from lightning_losses.presets.pidnet import PIDNetCriterion
 from lightning_losses.presets.retinanet import RetinaNetCriterion
+from lightning_losses.presets.yolofastest import YOLOFastestCriterion
 from lightning_losses.presets.yolox import YOLOXCriterion
 from lightning_losses.registry import lookup_loss, register_dialect
 
@@ -67,12 +80,14 @@ class Adapter:
         fixed: parameters the adapter sets itself (a config may not give them).
         build: ``(out, params) -> criterion``, called on the first forward (class counts come from ``out``).
         call: ``(criterion, out, target) -> {term: tensor}``.
+        ignored: NetsPresso parameters accepted and dropped (they change nothing there either).
     """
 
     cls: type[nn.Module]
     fixed: frozenset[str]
     build: Callable[[Mapping[str, Any], dict[str, Any]], nn.Module]
     call: Callable[[Any, Mapping[str, Any], Mapping[str, Any]], dict[str, Tensor]]
+    ignored: frozenset[str] = frozenset()
 
 
 def _build_yolox(out: Mapping[str, Any], params: dict[str, Any]) -> nn.Module:
@@ -103,12 +118,72 @@ def _call_pidnet(module: Any, out: Mapping[str, Any], target: Mapping[str, Any])
     return module(out["extra_p"], out["pred"], out["extra_d"], target["target"], target.get("bd_gt"))
 
 
+def _build_seg_cross_entropy(out: Mapping[str, Any], params: dict[str, Any]) -> nn.Module:
+    return CrossEntropyLoss(**{"ignore_index": -100, **params, "avg_non_ignore": True})
+
+
+def _call_seg_cross_entropy(module: Any, out: Mapping[str, Any], target: Mapping[str, Any]) -> dict[str, Tensor]:
+    mask = target["target"]
+    pred = F.interpolate(out["pred"], size=tuple(mask.shape[-2:]), mode="bilinear", align_corners=False)
+    return {"": module(pred, mask)}
+
+
+def _build_yolofastest(out: Mapping[str, Any], params: dict[str, Any]) -> nn.Module:
+    params = {k: v for k, v in params.items() if k != "l1_activate_epoch"}
+    if "anchors" not in params:
+        raise TypeError("`yolofastest_loss` needs `anchors`: one [w0, h0, w1, h1, ...] list per level")
+    num_anchors = len(torch.as_tensor(params["anchors"][0]).reshape(-1)) // 2
+    return YOLOFastestCriterion(int(out["pred"][0].shape[1]) // max(num_anchors, 1) - 5, strides=None, **params)
+
+
+def _build_rtmcc(out: Mapping[str, Any], params: dict[str, Any]) -> nn.Module:
+    return KLDiscretLoss(beta=10.0, label_softmax=True, label_beta=10.0, use_target_weight=True, **params)
+
+
+_SIMCC_SPLIT_RATIO = 2.0
+_SIMCC_SIGMA = 5.66
+
+
+def _call_rtmcc(module: Any, out: Mapping[str, Any], target: Mapping[str, Any]) -> dict[str, Tensor]:
+    pred, keypoints = out["pred"], target["keypoints"]
+    if not isinstance(pred, Tensor) or pred.ndim != 3 or pred.shape[-1] % 2:
+        shape = tuple(pred.shape) if isinstance(pred, Tensor) else type(pred).__name__
+        raise ValueError(f'`out["pred"]` must be (N, K, 2·W) x then y bin logits, got {shape}')
+    if not isinstance(keypoints, Tensor) or keypoints.shape != (*pred.shape[:2], 3):
+        shape = tuple(keypoints.shape) if isinstance(keypoints, Tensor) else type(keypoints).__name__
+        raise ValueError(f'`target["keypoints"]` must be {(*pred.shape[:2], 3)} (x, y, visibility), got {shape}')
+    bins = pred.shape[-1] // 2
+    target_x, target_y, weight = simcc_gaussian_targets(
+        keypoints[..., :2], keypoints[..., 2], bins / _SIMCC_SPLIT_RATIO, _SIMCC_SPLIT_RATIO, _SIMCC_SIGMA
+    )
+    return {"": module((pred[..., :bins], pred[..., bins:]), (target_x, target_y), weight)}
+
+
 ADAPTERS: dict[str, Adapter] = {
     "yolox_loss": Adapter(YOLOXCriterion, frozenset({"num_classes", "strides"}), _build_yolox, _call_yolox),
     "retinanet_loss": Adapter(
         RetinaNetCriterion, frozenset({"num_classes", "strides", "style"}), _build_retinanet, _call_retinanet
     ),
     "pidnet_loss": Adapter(PIDNetCriterion, frozenset({"num_classes", "ohem"}), _build_pidnet, _call_pidnet),
+    "seg_cross_entropy": Adapter(
+        CrossEntropyLoss,
+        frozenset({"use_sigmoid", "use_mask", "reduction", "class_weight", "loss_weight", "avg_non_ignore"}),
+        _build_seg_cross_entropy,
+        _call_seg_cross_entropy,
+    ),
+    "yolofastest_loss": Adapter(
+        YOLOFastestCriterion,
+        frozenset({"num_classes", "strides"}),
+        _build_yolofastest,
+        _call_yolox,
+        ignored=frozenset({"l1_activate_epoch"}),
+    ),
+    "rtmcc_loss": Adapter(
+        KLDiscretLoss,
+        frozenset({"beta", "label_softmax", "label_beta", "use_target_weight", "reduction", "loss_weight"}),
+        _build_rtmcc,
+        _call_rtmcc,
+    ),
 }
 """NetsPresso's detector and segmentation criteria: one :class:`Adapter` each."""
 
@@ -135,13 +210,13 @@ class NetsPressoCriterion(nn.Module):
             self.module = NETSPRESSO_LOSSES[criterion](**self.params)
         else:  # built on the first call: check the parameters now
             adapter = ADAPTERS[criterion]
-            allowed = set(inspect.signature(adapter.cls).parameters) - adapter.fixed
+            allowed = (set(inspect.signature(adapter.cls).parameters) - adapter.fixed) | adapter.ignored
             unknown = set(self.params) - allowed
             if unknown:
                 raise TypeError(f"`{criterion}` got unknown parameters {sorted(unknown)}; it takes {sorted(allowed)}")
 
     def forward(self, out: Mapping[str, Any], target: Mapping[str, Any]) -> dict[str, Tensor]:
-        if isinstance(self.module, LossMetric):
+        if self.criterion in NETSPRESSO_LOSSES:  # adapters may build a LossMetric too (seg_cross_entropy)
             return {"": self.module(out["pred"], target["target"])}
         adapter = ADAPTERS[self.criterion]
         if self.module is None:

@@ -15,6 +15,7 @@ from lightning_losses.functional.classification import (
     sigmoid_focal_loss,
 )
 from lightning_losses.functional.iou import bbox_overlaps, ciou_loss, diou_loss, giou_loss, iou_loss
+from lightning_losses.functional.pose import kl_discret_loss, simcc_gaussian_targets
 from lightning_losses.functional.reduction import reduce_loss, weight_reduce_loss
 from lightning_losses.functional.regression import balanced_l1_loss, l1_loss, mse_loss, smooth_l1_loss
 from lightning_losses.functional.varifocal import varifocal_loss
@@ -30,12 +31,14 @@ __all__ = [
     "expand_onehot_labels",
     "giou_loss",
     "iou_loss",
+    "kl_discret_loss",
     "l1_loss",
     "mask_cross_entropy",
     "mse_loss",
     "quality_focal_loss",
     "reduce_loss",
     "sigmoid_focal_loss",
+    "simcc_gaussian_targets",
     "smooth_l1_loss",
     "varifocal_loss",
     "weight_reduce_loss",
