@@ -15,6 +15,7 @@ from lightning_losses.presets import (
     GFLCriterion,
     PIDNetCriterion,
     RetinaNetCriterion,
+    YOLOFastestCriterion,
     YOLOXCriterion,
 )
 from lightning_losses.registry import LOSSES, build_loss, list_losses
@@ -32,6 +33,7 @@ __all__ = [
     "LossMetric",
     "PIDNetCriterion",
     "RetinaNetCriterion",
+    "YOLOFastestCriterion",
     "YOLOXCriterion",
     "build_loss",
     "compat",

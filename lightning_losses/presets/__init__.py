@@ -6,6 +6,7 @@ from lightning_losses.presets.fcos import FCOSCriterion
 from lightning_losses.presets.gfl import GFLCriterion
 from lightning_losses.presets.pidnet import PIDNetCriterion
 from lightning_losses.presets.retinanet import RetinaNetCriterion
+from lightning_losses.presets.yolofastest import YOLOFastestCriterion
 from lightning_losses.presets.yolox import YOLOXCriterion
 
 __all__ = [
@@ -15,5 +16,6 @@ __all__ = [
     "GFLCriterion",
     "PIDNetCriterion",
     "RetinaNetCriterion",
+    "YOLOFastestCriterion",
     "YOLOXCriterion",
 ]
