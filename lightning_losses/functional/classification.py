@@ -18,8 +18,9 @@ from lightning_losses.functional._checks import (
     check_tensor,
     check_weight,
 )
-from lightning_losses.functional.fused import fused_quality_focal_loss, fused_sigmoid_focal_loss
-from lightning_losses.functional.fused_rows import fused_rowwise_loss
+from lightning_losses.functional.kernels.dfl import dfl, dfl_grad
+from lightning_losses.functional.kernels.elementwise import fused_quality_focal_loss, fused_sigmoid_focal_loss
+from lightning_losses.functional.kernels.rows import fused_rowwise_loss
 from lightning_losses.functional.reduction import reduction_divisor, weight_reduce_loss
 
 __all__ = [
@@ -346,8 +347,8 @@ def sigmoid_focal_loss(
     :math:`(1-\sigma)y + \sigma(1-y)` and :math:`-\log p_t` as the binary cross-entropy, so the same
     formula covers one-hot and soft labels. ``alpha=None`` drops the balance (torchvision's ``alpha < 0``).
 
-    Logits go through a fused kernel (:mod:`lightning_losses.functional.fused`): closed-form backward,
-    only the inputs saved, class labels never expanded to one-hot, the reduction inside the kernel.
+    Logits go through a fused kernel (:mod:`lightning_losses.functional.kernels.elementwise`): closed-form
+    backward, only the inputs saved, class labels never expanded to one-hot, the reduction inside the kernel.
     With ``activated=True``, or a ``target`` / ``weight`` that needs gradients, the composite formula runs.
 
     Args:
@@ -415,9 +416,9 @@ def quality_focal_loss(
         avg_factor: divisor of ``mean`` instead of ``N``.
         activated: ``pred`` holds probabilities.
 
-    Logits go through the fused kernel of :mod:`lightning_losses.functional.fused` (closed-form backward,
-    no ``N × C`` intermediates kept); ``activated`` or targets / weights that need gradients use the
-    composite formula.
+    Logits go through the fused kernel of :mod:`lightning_losses.functional.kernels.elementwise`
+    (closed-form backward, no ``N × C`` intermediates kept); ``activated`` or targets / weights that need
+    gradients use the composite formula.
 
     Example:
         >>> pred = torch.zeros(1, 2)
@@ -511,34 +512,4 @@ def distribution_focal_loss(
         )
     check_weight(weight, pred.shape[:1])
     divisor = reduction_divisor(pred.shape[0], reduction, avg_factor)
-    return fused_rowwise_loss(
-        _dfl_elementwise, pred, target, weight=weight, divisor=divisor, grad_fn=_dfl_grad, saves=True
-    )
-
-
-def _dfl_bins(pred: Tensor, target: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """The two bins around each target (the right one clamped to the last bin) and their weights."""
-    left = target.long()
-    weight_left = (left + 1).to(pred.dtype) - target
-    weight_right = target - left.to(pred.dtype)
-    right = (left + 1).clamp(max=pred.shape[1] - 1)
-    return left[:, None], right[:, None], weight_left, weight_right
-
-
-def _dfl_elementwise(pred: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
-    r""":math:`w_l(\mathrm{lse}(x) - x_{y_l}) + w_r(\mathrm{lse}(x) - x_{y_r})`, the two cross-entropies, and
-    :math:`\mathrm{lse}(x)`, which backward reuses."""
-    left, right, weight_left, weight_right = _dfl_bins(pred, target)
-    lse = torch.logsumexp(pred, dim=1)
-    left_term = (lse - pred.gather(1, left).squeeze(1)) * weight_left
-    return left_term + (lse - pred.gather(1, right).squeeze(1)) * weight_right, lse
-
-
-def _dfl_grad(pred: Tensor, target: Tensor, grad_out: Tensor, lse: Tensor) -> Tensor:
-    r"""Gradient of :func:`_dfl_elementwise`, given the forward's :math:`\mathrm{lse}(x)` (one pass, no reduction):
-    :math:`g\,((w_l + w_r)\,e^{x - \mathrm{lse}(x)} - w_l e_{y_l} - w_r e_{y_r})`."""
-    left, right, weight_left, weight_right = _dfl_bins(pred, target)
-    bins = torch.arange(pred.shape[1], device=pred.device)
-    onehots = (bins == left) * weight_left[:, None] + (bins == right) * weight_right[:, None]
-    softmax = torch.exp(pred - lse[:, None]) * (weight_left + weight_right)[:, None]
-    return (softmax - onehots) * grad_out[:, None]
+    return fused_rowwise_loss(dfl, pred, target, weight=weight, divisor=divisor, grad_fn=dfl_grad, saves=True)

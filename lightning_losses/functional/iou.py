@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from lightning_losses.functional._checks import check_boxes, check_same_shape, check_weight
-from lightning_losses.functional.fused_rows import fused_rowwise_loss
+from lightning_losses.functional.kernels.rows import fused_rowwise_loss
 from lightning_losses.functional.reduction import reduction_divisor
 
 __all__ = [
@@ -176,10 +176,11 @@ def reduce_box_loss(
     zero_weight_shortcut: bool = False,
 ) -> Tensor:
     """``loss_weight`` times a per-box kernel (``iou_kernel`` …), weighted and reduced by the package's rule
-    inside the low-memory row kernel (:func:`~lightning_losses.functional.fused_rows.fused_rowwise_loss`).
+    inside the low-memory row kernel (:func:`~lightning_losses.functional.kernels.rows.fused_rowwise_loss`).
 
-    ``zero_weight_shortcut`` applies MMDetection's box-loss rule to scalar reductions: where ``weight`` has no
-    positive entry the result is ``(pred * weight).sum()`` without ``loss_weight``, decided on the device.
+    ``zero_weight_shortcut`` applies MMDetection's box-loss rule
+    (:func:`~lightning_losses.functional.reduction.zero_weight_shortcut`) to scalar reductions: where ``weight``
+    has no positive entry the result is ``(pred * weight).sum()`` without ``loss_weight``, decided on the device.
     """
     _check_pair(pred, target)
     shape = pred.shape[:-1]

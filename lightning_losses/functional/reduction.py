@@ -1,4 +1,5 @@
-"""The one weighting and reduction rule every loss in the package shares."""
+"""The one weighting and reduction rule every loss in the package shares, and MMDetection's zero-weight rule
+for box losses."""
 
 from __future__ import annotations
 
@@ -9,7 +10,18 @@ from torch import Tensor
 
 from lightning_losses.functional._checks import check_weight
 
-__all__ = ["REDUCTIONS", "check_reduction", "reduce_loss", "reduction_divisor", "weight_reduce_loss"]
+__all__ = [
+    "REDUCTIONS",
+    "check_reduction",
+    "has_positive_weight",
+    "reduce_loss",
+    "reduction_divisor",
+    "weight_reduce_loss",
+    "zero_weight_grad",
+    "zero_weight_select",
+    "zero_weight_shortcut",
+    "zero_weight_value",
+]
 
 REDUCTIONS = ("none", "mean", "sum")
 _EPS = torch.finfo(torch.float32).eps
@@ -119,3 +131,75 @@ def reduction_divisor(numel: int, reduction: str, avg_factor: float | Tensor | N
     if reduction == "none":
         return None
     return avg_factor + _EPS
+
+
+# MMDetection's zero-weight rule. Its box losses (L1, smooth L1, IoU family) return ``(pred * weight).sum()``
+# instead of the loss when ``weight`` has no positive entry, before ``loss_weight`` is applied; that value
+# (zero for non-negative weights) keeps a graph to ``pred``. The functions below are the rule's only
+# implementation: the plain path calls zero_weight_shortcut, the fused row kernels call the pieces.
+
+
+def has_positive_weight(weight: Tensor) -> Tensor:
+    """Whether ``weight`` has a positive entry: a 0-dim bool tensor on ``weight``'s device (no host read)."""
+    return (weight > 0).any()
+
+
+def zero_weight_value(pred: Tensor, weight: Tensor) -> Tensor:
+    r"""The rule's value :math:`\sum_i w_i \sum_k \mathrm{pred}_{ik}`, that is ``(pred * weight).sum()``.
+
+    A per-row ``weight`` (one dim fewer than ``pred``) multiplies the row sums, so no ``pred``-sized
+    temporary is made; any other ``weight`` broadcasts against ``pred``.
+
+    Example:
+        >>> zero_weight_value(torch.tensor([[1.0, 2.0], [3.0, 4.0]]), torch.tensor([0.0, -1.0]))
+        tensor(-7.)
+    """
+    if pred.dim() == weight.dim() + 1:
+        return (pred.sum(-1) * weight).sum()
+    return (pred * weight).sum()
+
+
+def zero_weight_select(loss: Tensor, value: Tensor, has_positive: Tensor) -> Tensor:
+    """``loss`` where ``has_positive``, else the rule's ``value``.
+
+    For a scalar ``loss`` the choice is made on the device (no host sync). For an element-wise loss
+    (``reduction="none"``) the result's shape depends on it, so one boolean is read back, as MMDetection 3.x
+    does.
+    """
+    if loss.ndim == 0:
+        return torch.where(has_positive, loss, value.to(loss.dtype))
+    return loss if bool(has_positive) else value
+
+
+def zero_weight_shortcut(loss: Tensor, pred: Tensor, weight: Tensor | None) -> Tensor:
+    """MMDetection's box-loss rule: when ``weight`` has no positive entry, return ``(pred * weight).sum()``.
+
+    That value is a 0-dim zero (for non-negative weights) that carries a graph to ``pred`` and skips
+    ``loss_weight``. For a scalar ``loss`` the choice is made on the device (no host sync); for an
+    element-wise loss (``reduction="none"``) the result's shape depends on it, so one boolean is read
+    back, as the reference does.
+
+    Example:
+        >>> pred = torch.tensor([[1.0, 2.0], [3.0, 4.0]])
+        >>> zero_weight_shortcut(torch.tensor(5.0), pred, torch.tensor([0.0, 0.0]))
+        tensor(0.)
+        >>> zero_weight_shortcut(torch.tensor(5.0), pred, torch.tensor([0.0, 1.0]))
+        tensor(5.)
+    """
+    if weight is None:
+        return loss
+    return zero_weight_select(loss, zero_weight_value(pred, weight), has_positive_weight(weight))
+
+
+def zero_weight_grad(grad: Tensor, has_positive: Tensor, upstream: Tensor, weight: Tensor) -> Tensor:
+    """Backward of the rule's scalar choice for rows of ``pred``: the loss's ``grad`` where ``has_positive``,
+    else the gradient of :func:`zero_weight_value`, ``upstream · w_i`` on every element of row ``i``.
+
+    Args:
+        grad: ``(N, ...)`` gradient of the loss with respect to ``pred``.
+        has_positive: 0-dim bool, from :func:`has_positive_weight`.
+        upstream: the incoming gradient, a scalar or ``(N,)``.
+        weight: ``(N,)`` per-row weight.
+    """
+    value_grad = (upstream * weight).reshape(weight.shape + (1,) * (grad.dim() - weight.dim()))
+    return torch.where(has_positive, grad, value_grad.expand_as(grad))

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 import torch.nn.functional as F
 
-from lightning_losses.functional import fused
-from lightning_losses.functional.fused import COMPILE_ENV, fused_sigmoid_focal_loss
+from lightning_losses.functional.kernels import runtime
+from lightning_losses.functional.kernels.elementwise import fused_quality_focal_loss, fused_sigmoid_focal_loss
+from lightning_losses.functional.kernels.runtime import COMPILE_ENV
 
 
 def composite_focal(x, t, gamma, alpha):
@@ -40,7 +43,7 @@ def _case(n=257, c=5, seed=0, dtype=torch.float32):
 @pytest.mark.parametrize("reduce", [True, False])
 def test_values_and_gradients_equal_the_composite_formula(gamma, alpha, kind, reduce, monkeypatch):
     """Many chunks (chunk size forced small, row count not a multiple of it) and a weight."""
-    monkeypatch.setattr(fused, "_CHUNK_ELEMENTS", 64)
+    monkeypatch.setattr(runtime, "CHUNK_ELEMENTS", 64)
     x, labels, onehot, soft = _case()
     target = onehot if kind == "labels" else soft
     weight = torch.rand(x.shape[0], 1)
@@ -93,7 +96,7 @@ def test_half_precision_inputs_compute_in_float32(dtype):
 def test_failed_compilation_falls_back_to_eager_with_one_warning(monkeypatch):
     """Where no compiler works, the kernel warns once and the eager result comes back."""
     monkeypatch.setenv(COMPILE_ENV, "1")
-    monkeypatch.setattr(fused, "_compiled", {})
+    monkeypatch.setattr(runtime, "_compiler", runtime._Compiler())
 
     def broken(fn, **kwargs):
         def fail(*args):
@@ -106,6 +109,81 @@ def test_failed_compilation_falls_back_to_eager_with_one_warning(monkeypatch):
     with pytest.warns(UserWarning, match="using eager kernels"):
         out = fused_sigmoid_focal_loss(x, None, labels, None, 10.0, 2.0, 0.25)
     torch.testing.assert_close(out, composite_focal(x, onehot, 2.0, 0.25).sum() / 10.0)
+
+
+def test_compilation_failure_is_kept_with_its_reason_and_reported_once(monkeypatch):
+    """The failure is state of the runtime: its reason (type and message) is in the one warning, later calls
+    neither compile again nor warn, and their values are the eager ones."""
+    monkeypatch.setenv(COMPILE_ENV, "1")
+    monkeypatch.setattr(runtime, "_compiler", runtime._Compiler())
+    attempts = []
+
+    def broken(fn, **kwargs):
+        def fail(*args):
+            attempts.append(fn)
+            raise RuntimeError("no compiler")
+
+        return fail
+
+    monkeypatch.setattr(torch, "compile", broken)
+    x, labels, onehot, _ = _case()
+    assert runtime.compile_failure() is None
+    assert runtime.compiles(x.numel())
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        for _ in range(3):
+            out = fused_sigmoid_focal_loss(x, None, labels, None, 10.0, 2.0, 0.25)
+            out.backward()
+    assert [str(w.message) for w in record if "torch.compile" in str(w.message)] == [
+        "torch.compile of focal_labels_sum failed (RuntimeError: no compiler); using eager kernels from now on"
+    ]
+    assert len(attempts) == 1
+    assert runtime.compile_failure() == "RuntimeError: no compiler"
+    assert not runtime.compiles(x.numel())
+    torch.testing.assert_close(out, composite_focal(x, onehot, 2.0, 0.25).sum() / 10.0)
+
+
+@pytest.mark.parametrize(
+    ("rows", "width", "whole", "max_rows"),
+    [(203, 4, False, None), (203, 4, False, 5), (203, 4, True, 5), (0, 4, False, None), (10, 100, False, None)],
+)
+def test_row_chunks_cover_every_row_once_within_the_chunk_size(rows, width, whole, max_rows, monkeypatch):
+    """Reference: the rows 0..N-1 in order; every chunk holds at most CHUNK_ELEMENTS elements (or one row, when a
+    row is larger) and max_rows rows, except ``whole``, which is one call over all rows."""
+    monkeypatch.setattr(runtime, "CHUNK_ELEMENTS", 64)
+    x = torch.zeros(rows, width)
+    chunks = list(runtime.row_chunks(x, whole, max_rows))
+    assert [i for s in chunks for i in range(rows)[s]] == list(range(rows))
+    if whole:
+        assert chunks == [slice(0, rows)]
+        return
+    sizes = [s.stop - s.start for s in chunks]
+    assert all(n <= max(1, 64 // width) and n <= (max_rows or rows) for n in sizes)
+    assert all(n == sizes[0] for n in sizes[:-1])
+
+
+@pytest.mark.parametrize(
+    ("module", "home", "names"),
+    [
+        ("fused", "runtime", ["COMPILE_ENV", "COMPILE_MIN_ELEMENTS", "cached_kernel", "compiles", "run_kernel"]),
+        ("fused", "elementwise", ["fused_quality_focal_loss", "fused_sigmoid_focal_loss"]),
+        ("fused_rows", "runtime", ["COMPILE_MIN_ELEMENTS", "cached_kernel", "compiles", "run_kernel"]),
+        ("fused_rows", "rows", ["fused_rowwise_loss", "vjp_kernel"]),
+    ],
+)
+def test_old_module_paths_serve_every_public_name_with_a_deprecation_warning(module, home, names):
+    """``functional.fused`` / ``functional.fused_rows`` stay importable: each public name is the object of its new
+    home, and reading it warns with that home."""
+    import importlib
+
+    old = importlib.import_module(f"lightning_losses.functional.{module}")
+    new = importlib.import_module(f"lightning_losses.functional.kernels.{home}")
+    for name in names:
+        assert name in old.__all__
+        with pytest.warns(DeprecationWarning, match=f"import it from lightning_losses.functional.kernels.{home}"):
+            assert getattr(old, name) is getattr(new, name)
+    with pytest.raises(AttributeError, match="_CHUNK_ELEMENTS"):
+        old._CHUNK_ELEMENTS  # noqa: B018
 
 
 def test_compiled_kernels_equal_eager(monkeypatch):
@@ -144,7 +222,7 @@ def test_compiled_whole_input_kernels_equal_the_composite_formula(dtype, reduce,
             lambda z: composite_focal(z, soft.to(dtype).float(), 1.5, None) * weight,
         ),
         (
-            lambda z: fused.fused_quality_focal_loss(z, labels, scores, None, weight[:, 0], divisor, 2.0),
+            lambda z: fused_quality_focal_loss(z, labels, scores, None, weight[:, 0], divisor, 2.0),
             lambda z: composite_qfl(z, labels, scores, 2.0) * weight[:, 0],
         ),
     ]
@@ -175,13 +253,13 @@ def composite_qfl(x, labels, scores, beta):
 @pytest.mark.parametrize("beta", [1.0, 1.5, 2.0])
 @pytest.mark.parametrize("reduce", [True, False])
 def test_quality_focal_equals_the_composite_formula(beta, reduce, monkeypatch):
-    monkeypatch.setattr(fused, "_CHUNK_ELEMENTS", 64)
+    monkeypatch.setattr(runtime, "CHUNK_ELEMENTS", 64)
     gen = torch.Generator().manual_seed(3)
     x = (2 * torch.randn(101, 6, generator=gen)).requires_grad_()
     labels = torch.randint(-1, 7, (101,), generator=gen)
     scores = torch.rand(101, generator=gen)
     weight = torch.rand(101, generator=gen)
-    out = fused.fused_quality_focal_loss(x, labels, scores, None, weight, 9.0 if reduce else None, beta)
+    out = fused_quality_focal_loss(x, labels, scores, None, weight, 9.0 if reduce else None, beta)
     ref = composite_qfl(x, labels, scores, beta) * weight
     ref = ref.sum() / 9.0 if reduce else ref
     torch.testing.assert_close(out, ref)
@@ -193,9 +271,7 @@ def test_quality_focal_gradcheck_float64_soft_target():
     gen = torch.Generator().manual_seed(4)
     x = torch.randn(7, 4, dtype=torch.float64, generator=gen).requires_grad_()
     target = torch.rand(7, 4, dtype=torch.float64, generator=gen) * (torch.rand(7, 4, generator=gen) > 0.6)
-    assert torch.autograd.gradcheck(
-        lambda z: fused.fused_quality_focal_loss(z, None, None, target, None, 3.0, 2.0), (x,)
-    )
+    assert torch.autograd.gradcheck(lambda z: fused_quality_focal_loss(z, None, None, target, None, 3.0, 2.0), (x,))
 
 
 @pytest.mark.parametrize("name", ["iou_loss", "giou_loss", "diou_loss", "ciou_loss", "distribution_focal_loss"])

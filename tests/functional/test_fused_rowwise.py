@@ -9,8 +9,9 @@ import torch
 import torch.nn.functional as F
 
 from lightning_losses import functional as LF
-from lightning_losses.functional import fused
-from lightning_losses.functional.fused import COMPILE_ENV
+from lightning_losses.functional.kernels import runtime
+from lightning_losses.functional.kernels.rows import fused_rowwise_loss
+from lightning_losses.functional.kernels.runtime import COMPILE_ENV
 
 NAMES = ["iou_loss", "giou_loss", "diou_loss", "ciou_loss", "distribution_focal_loss"]
 
@@ -72,7 +73,7 @@ def _eager(monkeypatch):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_values_and_gradients_equal_the_composite_formula_over_many_chunks(name, monkeypatch):
-    monkeypatch.setattr(fused, "_CHUNK_ELEMENTS", 64)  # 16 boxes or 3 DFL rows per chunk, 203 rows
+    monkeypatch.setattr(runtime, "CHUNK_ELEMENTS", 64)  # 16 boxes or 3 DFL rows per chunk, 203 rows
     pred, target = case(name)
     out = getattr(LF, name)(pred, target, reduction="none")
     ref = composite(name, pred, target)
@@ -84,7 +85,7 @@ def test_values_and_gradients_equal_the_composite_formula_over_many_chunks(name,
 @pytest.mark.parametrize("name", ["iou_loss", "giou_loss", "diou_loss", "distribution_focal_loss"])
 def test_gradcheck_float64_through_the_row_kernel(name, monkeypatch):
     """Target without a gradient: the Function's backward is the path checked (chunked)."""
-    monkeypatch.setattr(fused, "_CHUNK_ELEMENTS", 32)
+    monkeypatch.setattr(runtime, "CHUNK_ELEMENTS", 32)
     pred, target = case(name, n=12, seed=2, dtype=torch.float64)
     pred = pred.detach()[2:].requires_grad_()  # off the perfect predictions' kinks
     target = target[2:]
@@ -161,14 +162,12 @@ def test_each_row_kernel_has_its_own_code_object():
         LF.sigmoid_focal_loss(logits, labels, reduction=reduction).sum().backward()
         LF.sigmoid_focal_loss(logits, torch.rand(8, 3), reduction=reduction).sum().backward()
         LF.quality_focal_loss(logits, (labels, torch.rand(8)), reduction=reduction).sum().backward()
-    kernels = list(fused._kernels.values())
+    kernels = list(runtime._kernels.values())
     assert len(kernels) >= 3 * len(NAMES) + 3 * 3
     assert len({k.__code__ for k in kernels}) == len(kernels)
 
 
 def test_saved_rows_need_a_closed_form_gradient():
-    from lightning_losses.functional.fused_rows import fused_rowwise_loss
-
     with pytest.raises(ValueError, match="grad_fn"):
         fused_rowwise_loss(lambda x, t: (x.sum(1), x.sum(1)), torch.randn(3, 2), torch.randn(3, 2), saves=True)
 
@@ -193,3 +192,56 @@ def test_compiled_dfl_reuses_the_forward_log_sum_exp(reduction, monkeypatch):
     torch.testing.assert_close(out, ref)
     upstream = torch.randn(ref.shape, generator=gen)
     torch.testing.assert_close(torch.autograd.grad(out, pred, upstream)[0], torch.autograd.grad(ref, pred, upstream)[0])
+
+
+def literal_zero_weight_rule(loss, pred, weight, divisor, scale):
+    """MMDetection 3.x's box-loss rule written out: ``(pred * weight).sum()`` when no weight is positive, else
+    ``scale · Σ w·ℓ / divisor``."""
+    if not torch.any(weight > 0):
+        return (pred * weight[:, None]).sum()
+    return scale * (loss * weight).sum() / divisor
+
+
+@pytest.mark.parametrize("weights", ["zero", "non-positive", "mixed"])
+@pytest.mark.parametrize("path", ["function", "plain autograd"])
+def test_zero_weight_rule_in_the_row_kernel_equals_the_literal_rule(weights, path, monkeypatch):
+    """The rule folded into the fused GIoU row kernel (many chunks) against its literal form over the composite
+    GIoU: values, gradients to ``pred`` with an upstream factor, and to ``target`` on the plain-autograd path."""
+    from lightning_losses.functional.iou import giou_kernel
+
+    monkeypatch.setattr(runtime, "CHUNK_ELEMENTS", 64)
+    pred, target = case("giou_loss", n=90, seed=7, dtype=torch.float64)
+    target = target.requires_grad_(path == "plain autograd")
+    weight = {
+        "zero": torch.zeros(90, dtype=torch.float64),
+        "non-positive": -torch.rand(90, dtype=torch.float64) * (torch.arange(90) % 3 == 0),
+        "mixed": torch.rand(90, dtype=torch.float64) * (torch.arange(90) % 7 == 0),
+    }[weights]
+    out = fused_rowwise_loss(
+        giou_kernel, pred, target, 1e-6, weight=weight, divisor=13.0, scale=2.5, zero_weight_shortcut=True
+    )
+    ref = literal_zero_weight_rule(composite("giou_loss", pred, target), pred, weight, 13.0, 2.5)
+    torch.testing.assert_close(out, ref)
+    inputs = (pred, target) if path == "plain autograd" else (pred,)
+    upstream = torch.tensor(-1.3, dtype=torch.float64)
+    got = torch.autograd.grad(out, inputs, upstream, allow_unused=True, materialize_grads=True)
+    want = torch.autograd.grad(ref, inputs, upstream, allow_unused=True, materialize_grads=True)
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g, w)
+
+
+@pytest.mark.parametrize("weights", [[0.0, 0.0, 0.0, 0.0, 0.0], [0.0, 0.4, 0.0, 1.0, 0.2]])
+def test_zero_weight_rule_in_the_row_kernel_gradcheck_float64(weights, monkeypatch):
+    """gradcheck of the Function's backward through the rule's branch and the loss's branch (chunked)."""
+    from lightning_losses.functional.iou import diou_kernel
+
+    monkeypatch.setattr(runtime, "CHUNK_ELEMENTS", 8)
+    pred, target = case("diou_loss", n=7, seed=8, dtype=torch.float64)
+    pred, target = pred.detach()[2:].requires_grad_(), target[2:]
+    weight = torch.tensor(weights, dtype=torch.float64)
+    assert torch.autograd.gradcheck(
+        lambda p: fused_rowwise_loss(
+            diou_kernel, p, target, 1e-6, weight=weight, divisor=3.0, scale=0.5, zero_weight_shortcut=True
+        ),
+        (pred,),
+    )

@@ -1,4 +1,5 @@
-"""weight_reduce_loss / reduce_loss: the one reduction rule (MMDetection 3.x models/losses/utils.py, notes 0.1)."""
+"""weight_reduce_loss / reduce_loss: the one reduction rule (MMDetection 3.x models/losses/utils.py, notes 0.1), and
+MMDetection's zero-weight rule for box losses against its literal formula."""
 
 from __future__ import annotations
 
@@ -6,8 +7,16 @@ import math
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from lightning_losses.functional import reduce_loss, weight_reduce_loss
+from lightning_losses.functional.reduction import (
+    has_positive_weight,
+    zero_weight_grad,
+    zero_weight_select,
+    zero_weight_shortcut,
+    zero_weight_value,
+)
 
 EPS32 = torch.finfo(torch.float32).eps  # 1.1920929e-07, MMDetection's avg_factor guard
 
@@ -147,3 +156,101 @@ def test_losses_reject_a_column_weight_on_per_row_losses(name):
     }[name]
     with pytest.raises(ValueError, match="does not broadcast"):
         getattr(LF, name)(*args, weight=torch.ones(3, 1), reduction="none")
+
+
+class _Ops(TorchDispatchMode):
+    """Records every aten op run inside it with the number of elements it returns (or its Python value)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ops: list[tuple[str, object]] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        self.ops.append((str(func), out.numel() if isinstance(out, torch.Tensor) else out))
+        return out
+
+
+def _literal_value(pred: torch.Tensor, weight: torch.Tensor) -> float:
+    """Σ_i w_i Σ_k pred_ik as Python loops over a per-row weight (pred (N, K), weight (N,))."""
+    return sum(float(weight[i]) * sum(float(v) for v in pred[i]) for i in range(pred.shape[0]))
+
+
+def test_zero_weight_value_equals_the_literal_double_sum():
+    """Reference: Σ_i w_i Σ_k pred_ik in Python loops (per-row weight) and (pred * weight).sum() (any other)."""
+    gen = torch.Generator().manual_seed(0)
+    pred = torch.randn(7, 4, generator=gen, dtype=torch.float64)
+    row_weight = torch.randn(7, generator=gen, dtype=torch.float64)
+    assert zero_weight_value(pred, row_weight).item() == pytest.approx(_literal_value(pred, row_weight), rel=1e-12)
+    element_weight = torch.randn(7, 4, generator=gen, dtype=torch.float64)
+    torch.testing.assert_close(zero_weight_value(pred, element_weight), (pred * element_weight).sum())
+    batched = torch.randn(2, 7, 4, generator=gen, dtype=torch.float64)
+    batch_weight = torch.randn(2, 7, generator=gen, dtype=torch.float64)
+    torch.testing.assert_close(zero_weight_value(batched, batch_weight), (batched * batch_weight[..., None]).sum())
+
+
+def test_zero_weight_value_of_a_per_row_weight_makes_no_pred_sized_temporary():
+    """Counted with a dispatch mode: a per-row weight multiplies row sums, so no op returns pred's element count."""
+    pred, weight = torch.randn(50, 4), torch.rand(50)
+    with _Ops() as rec:
+        zero_weight_value(pred, weight)
+    assert all(size != pred.numel() for _, size in rec.ops), rec.ops
+
+
+@pytest.mark.parametrize("weights", [[0.0, 0.0, 0.0], [0.0, -1.0, -2.0], [0.0, 0.5, 0.0], [1.0, 2.0, 3.0]])
+@pytest.mark.parametrize("scalar", [True, False])
+def test_zero_weight_shortcut_equals_the_literal_rule(weights, scalar):
+    """Reference, MMDetection 3.x's box losses: ``if not torch.any(weight > 0): return (pred * weight).sum()``,
+    else the loss; values and gradients to ``pred`` and to the loss."""
+    gen = torch.Generator().manual_seed(1)
+    pred = torch.randn(3, 4, generator=gen, dtype=torch.float64, requires_grad=True)
+    loss = torch.randn(() if scalar else (3,), generator=gen, dtype=torch.float64, requires_grad=True)
+    weight = torch.tensor(weights, dtype=torch.float64)
+    out = zero_weight_shortcut(loss, pred, weight)
+    ref = loss if any(w > 0 for w in weights) else (pred * weight[:, None]).sum()
+    torch.testing.assert_close(out, ref)
+    got = torch.autograd.grad(out, (pred, loss), torch.ones_like(out), allow_unused=True, materialize_grads=True)
+    want = torch.autograd.grad(ref, (pred, loss), torch.ones_like(ref), allow_unused=True, materialize_grads=True)
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g, w)
+    assert zero_weight_shortcut(loss, pred, None) is loss
+
+
+def test_zero_weight_shortcut_reads_the_host_only_for_element_wise_losses():
+    """A scalar loss picks on the device (no ``_local_scalar_dense``); an element-wise one reads one boolean back,
+    because the result's shape depends on it."""
+    pred, weight = torch.randn(3, 4), torch.zeros(3)
+    with _Ops() as rec:
+        zero_weight_shortcut(torch.tensor(5.0), pred, weight)
+    assert not [op for op, _ in rec.ops if "_local_scalar_dense" in op]
+    with _Ops() as rec:
+        zero_weight_shortcut(torch.rand(3), pred, weight)
+    assert len([op for op, _ in rec.ops if "_local_scalar_dense" in op]) == 1
+
+
+def test_zero_weight_select_and_has_positive_weight_by_hand():
+    """Hand-worked: weight [0, -1] has no positive entry, so the value 7 replaces the loss 5 (cast to its dtype)."""
+    has_positive = has_positive_weight(torch.tensor([0.0, -1.0]))
+    assert has_positive.shape == ()
+    assert not has_positive.item()
+    assert has_positive_weight(torch.tensor([0.0, 1e-6])).item()
+    out = zero_weight_select(torch.tensor(5.0), torch.tensor(7.0, dtype=torch.float64), has_positive)
+    assert out.dtype == torch.float32
+    assert out.item() == 7.0
+    assert zero_weight_select(torch.tensor(5.0), torch.tensor(7.0), torch.tensor(True)).item() == 5.0
+
+
+@pytest.mark.parametrize("weights", [[0.0, 0.0, 0.0, 0.0], [0.0, -0.5, 0.0, -1.0], [0.0, 0.3, 0.0, 2.0]])
+def test_zero_weight_grad_equals_autograd_of_the_literal_rule(weights):
+    """Reference: autograd through ``torch.where(any(w > 0), 3 · Σ w_i ℓ_i / 2, Σ_i w_i Σ_k pred_ik)`` with
+    ℓ_i = Σ_k pred_ik², given the loss branch's own gradient and a scalar upstream gradient."""
+    gen = torch.Generator().manual_seed(2)
+    pred = torch.randn(4, 4, generator=gen, dtype=torch.float64, requires_grad=True)
+    weight = torch.tensor(weights, dtype=torch.float64)
+    upstream = torch.tensor(1.7, dtype=torch.float64)
+    loss = 3 * (weight * (pred**2).sum(-1)).sum() / 2
+    literal = torch.where((weight > 0).any(), loss, (pred * weight[:, None]).sum())
+    (want,) = torch.autograd.grad(literal, pred, upstream, retain_graph=True)
+    (loss_grad,) = torch.autograd.grad(loss, pred, upstream)
+    got = zero_weight_grad(loss_grad, has_positive_weight(weight), upstream, weight)
+    torch.testing.assert_close(got, want)
