@@ -1,17 +1,18 @@
-"""ATSS: adaptive training sample selection, batched over images."""
+"""ATSS: adaptive training sample selection, batched over images, and the padded targets ATSS and GFL share."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 from torch import Tensor
 
 from lightning_losses.assigners.base import AssignResult
 from lightning_losses.boxes.iou import bbox_overlaps
-from lightning_losses.boxes.targets import PaddedTargets
+from lightning_losses.boxes.priors import AnchorGenerator, valid_flags
+from lightning_losses.boxes.targets import PaddedTargets, gather_boxes, pad_targets
 
-__all__ = ["ATSSAssigner"]
+__all__ = ["ATSSAssigner", "ATSSTargets", "atss_targets"]
 
 
 class ATSSAssigner:
@@ -126,3 +127,67 @@ class ATSSAssigner:
         gt_inds = torch.where(positive, first + 1, 0)
         labels = torch.where(positive, gts.labels.gather(1, first.clamp(max=num_gts - 1)), -1)
         return AssignResult(gt_inds, best.masked_fill(~positive, 0.0), labels)
+
+
+class ATSSTargets:
+    """Assignment shared by ATSS and GFL: anchors, positives, labels, matched boxes (``(B, P, …)``) and the
+    classification weight (0 on anchors outside an image's valid area)."""
+
+    def __init__(
+        self,
+        anchors: Tensor,
+        positive: Tensor,
+        labels: Tensor,
+        boxes: Tensor,
+        num_pos_images: Tensor,
+        label_weight: Tensor | None,
+    ) -> None:
+        self.label_weight = label_weight
+        self.anchors = anchors
+        self.positive = positive
+        self.labels = labels
+        self.boxes = boxes
+        self.num_pos_images = num_pos_images
+
+    def avg_factor(self) -> Tensor:
+        """``Σ_img max(n_pos_img, 1)`` (before averaging over ranks)."""
+        return self.num_pos_images.clamp(min=1).sum()
+
+
+def atss_targets(
+    generator: AnchorGenerator,
+    assigner: ATSSAssigner,
+    cls_scores: Sequence[Tensor],
+    targets: Sequence[Mapping[str, Tensor]],
+    priors: Tensor | None,
+    image_size: Sequence[int] | Tensor | None = None,
+) -> ATSSTargets:
+    """Generate anchors (or take ``priors``), assign them with ATSS and gather each positive's box.
+
+    ``cls_scores`` (per-level ``(B, ·, H_l, W_l)`` maps) give the batch and the grid sizes. With
+    ``image_size`` (``(H, W)`` or per-image ``(B, 2)`` padded shapes) anchors on cells beyond an image's
+    shape are left out of the assignment and of the classification loss, as MMDetection's valid flags do.
+    ``labels`` are ``-1`` where not positive; negatives get their own anchor as box.
+    """
+    device = cls_scores[0].device
+    sizes = [(int(m.shape[-2]), int(m.shape[-1])) for m in cls_scores]
+    per_cell = generator.num_base_priors
+    counts = [h * w * per_cell for h, w in sizes]
+    if priors is None:
+        priors = torch.cat(generator.grid_priors(sizes, device))
+    if priors.shape != (sum(counts), 4):
+        raise ValueError(f"`priors` must have shape ({sum(counts)}, 4) for these outputs, got {tuple(priors.shape)}")
+    priors = priors.float()
+    gts: PaddedTargets = pad_targets(targets, device)
+    prior_mask = None
+    if image_size is not None:
+        batch = cls_scores[0].shape[0]
+        pad_shapes = torch.as_tensor(image_size, device=device).reshape(-1, 2).expand(batch, 2)
+        prior_mask = valid_flags(sizes, generator.strides, per_cell, pad_shapes)
+    assign = assigner.assign(priors, counts, gts, prior_mask)
+    positive = assign.positive
+    matched = gather_boxes(gts.boxes, assign.matched)
+    # Negatives get their own anchor as box, so every (zero-weight) quantity derived from it is finite.
+    matched = torch.where(positive[..., None], matched, priors.expand_as(matched))
+    label_weight = None if prior_mask is None else prior_mask.float()
+    return ATSSTargets(priors, positive, assign.labels, matched, positive.sum(dim=1), label_weight)

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+
 import torch
 from torch import Tensor
 
@@ -9,16 +13,44 @@ from lightning_losses.assigners.base import AssignResult
 from lightning_losses.boxes.iou import bbox_overlaps
 from lightning_losses.boxes.targets import PaddedTargets
 
-__all__ = ["SIMOTA_STYLES", "SimOTAAssigner"]
+__all__ = ["SIMOTA_STYLES", "SIMOTA_STYLE_TABLE", "SimOTAAssigner", "SimOTAStyle"]
 
-SIMOTA_STYLES = ("netspresso", "mmdet")
 _LOG_CLAMP = -100.0  # torch's binary_cross_entropy clamps each log term here
+
+
+@dataclass(frozen=True)
+class SimOTAStyle:
+    r"""Everything a SimOTA style chooses; :class:`SimOTAAssigner` reads these instead of its style's name.
+
+    Attributes:
+        name: the style's name.
+        center_radius: default half-size of the center region around a box center, in strides.
+        in_box_candidates: a prior strictly inside the box is a candidate too, and only a prior both in the
+            box and in its center region escapes the penalty; ``False``: the center region alone decides both.
+        penalty: cost added to a (box, prior) pair that does not escape it.
+        iou_eps: :math:`\epsilon` of the IoU cost :math:`-\log(\mathrm{IoU} + \epsilon)`.
+    """
+
+    name: str
+    center_radius: float
+    in_box_candidates: bool
+    penalty: float
+    iou_eps: float
+
+
+SIMOTA_STYLE_TABLE: Mapping[str, SimOTAStyle] = MappingProxyType(
+    {
+        "netspresso": SimOTAStyle("netspresso", center_radius=1.5, in_box_candidates=False, penalty=1e6, iou_eps=1e-8),
+        "mmdet": SimOTAStyle("mmdet", center_radius=2.5, in_box_candidates=True, penalty=1e5, iou_eps=1e-7),
+    }
+)
+SIMOTA_STYLES = tuple(SIMOTA_STYLE_TABLE)
 
 
 class SimOTAAssigner:
     r"""SimOTA: each box takes its ``k`` cheapest candidate priors, ``k`` from the box's best IoUs.
 
-    Candidates and cost depend on ``style``:
+    Candidates and cost depend on ``style``, whose choices are one :class:`SimOTAStyle` each:
 
     - ``"netspresso"`` (NetsPresso Trainer, official YOLOX): a prior is a candidate for a box when its
       center lies strictly inside the square ``box center ± center_radius · stride`` (radius 1.5); the
@@ -55,17 +87,16 @@ class SimOTAAssigner:
         cls_weight: float = 1.0,
         max_elements: int = 1 << 20,
     ) -> None:
-        if style not in SIMOTA_STYLES:
+        if style not in SIMOTA_STYLE_TABLE:
             raise ValueError(f"`style` must be one of {SIMOTA_STYLES}, got {style!r}")
         self.style = style
-        self.center_radius = float(
-            center_radius if center_radius is not None else (1.5 if style == "netspresso" else 2.5)
-        )
+        self.conventions = SIMOTA_STYLE_TABLE[style]
+        self.center_radius = float(center_radius if center_radius is not None else self.conventions.center_radius)
         self.candidate_topk = int(candidate_topk)
         self.iou_weight = float(iou_weight)
         self.cls_weight = float(cls_weight)
-        self.penalty = 1e6 if style == "netspresso" else 1e5
-        self.iou_eps = 1e-8 if style == "netspresso" else 1e-7
+        self.penalty = self.conventions.penalty
+        self.iou_eps = self.conventions.iou_eps
         self.max_elements = int(max_elements)
 
     @torch.no_grad()
@@ -116,7 +147,7 @@ class SimOTAAssigner:
         radius = self.center_radius * strides
         in_center = _all_positive(x - (gx - radius), y - (gy - radius), (gx + radius) - x, (gy + radius) - y)
         in_center &= gts.mask[..., None]
-        if self.style == "netspresso":
+        if not self.conventions.in_box_candidates:
             return in_center, in_center
         in_box = _all_positive(x - boxes[..., 0], y - boxes[..., 1], boxes[..., 2] - x, boxes[..., 3] - y)
         in_box &= gts.mask[..., None]

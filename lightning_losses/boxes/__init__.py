@@ -1,9 +1,9 @@
-"""Box operations: overlaps, coders, prior generators and padded targets."""
+"""Box operations: overlaps, coders, prior generators, padded targets and the targets derived from them."""
 
 from lightning_losses.boxes.coders import DeltaXYWHCoder, bbox2distance, distance2bbox, integral
 from lightning_losses.boxes.iou import bbox_overlaps
-from lightning_losses.boxes.priors import AnchorGenerator, PointGenerator, level_indices, valid_flags
-from lightning_losses.boxes.targets import PaddedTargets, pad_targets
+from lightning_losses.boxes.priors import AnchorGenerator, PointGenerator, flatten_levels, level_indices, valid_flags
+from lightning_losses.boxes.targets import PaddedTargets, centerness_target, gather_boxes, pad_targets
 
 __all__ = [
     "AnchorGenerator",
@@ -12,7 +12,10 @@ __all__ = [
     "PointGenerator",
     "bbox2distance",
     "bbox_overlaps",
+    "centerness_target",
     "distance2bbox",
+    "flatten_levels",
+    "gather_boxes",
     "integral",
     "level_indices",
     "pad_targets",

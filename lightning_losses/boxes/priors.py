@@ -1,7 +1,8 @@
 """Prior generators: multi-level anchors and points with MMDetection's layout.
 
 Rows are ordered level by level, then ``y``-major, ``x``, then anchor ``a`` within a cell, which is
-the order of ``feature_map.permute(0, 2, 3, 1).reshape(B, -1, ·)`` with channel ``a · C + c``.
+the order of ``feature_map.permute(0, 2, 3, 1).reshape(B, -1, ·)`` with channel ``a · C + c``;
+:func:`flatten_levels` puts per-level head maps in that order.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-__all__ = ["AnchorGenerator", "PointGenerator", "level_indices", "valid_flags"]
+__all__ = ["AnchorGenerator", "PointGenerator", "flatten_levels", "level_indices", "valid_flags"]
 
 
 def _grid(height: int, width: int, stride: float, offset: float, device: torch.device) -> tuple[Tensor, Tensor]:
@@ -120,6 +121,38 @@ class PointGenerator:
             torch.stack(_grid(h, w, s, self.offset, torch.device(device)), dim=-1)
             for (h, w), s in zip(featmap_sizes, self.strides, strict=True)
         ]
+
+
+def flatten_levels(maps: Sequence[Tensor], channels: int, name: str) -> Tensor:
+    """Per-level maps to one ``(B, Σ_l H_l·W_l·A, channels)`` tensor, rows ``(level, y, x, a)`` as the priors.
+
+    A 4-D map ``(B, A·channels, H, W)`` is flattened by ``permute(0, 2, 3, 1)``; a 3-D map
+    ``(B, N_l, channels)`` is taken as already flattened (NetsPresso's layout). ``name`` is the argument
+    named in the ``TypeError`` / ``ValueError`` raised for a map of another type or shape.
+
+    Example:
+        >>> maps = [torch.arange(8.0).reshape(1, 2, 2, 2), torch.zeros(1, 2, 1, 1)]
+        >>> flatten_levels(maps, 1, "cls_scores").shape  # 2 anchors on 4 cells, then 2 on 1 cell
+        torch.Size([1, 10, 1])
+    """
+    flat = []
+    for level, m in enumerate(maps):
+        if not isinstance(m, Tensor):
+            raise TypeError(f"`{name}[{level}]` must be a tensor, got {type(m).__name__}")
+        if m.ndim == 4:
+            if m.shape[1] % channels:
+                raise ValueError(
+                    f"`{name}[{level}]` has {m.shape[1]} channels, not a multiple of {channels}: "
+                    f"expected (B, A·{channels}, H, W), got {tuple(m.shape)}"
+                )
+            flat.append(m.permute(0, 2, 3, 1).reshape(m.shape[0], -1, channels))
+        elif m.ndim == 3 and m.shape[-1] == channels:
+            flat.append(m)
+        else:
+            raise ValueError(
+                f"`{name}[{level}]` must be (B, A·{channels}, H, W) or (B, N, {channels}), got {tuple(m.shape)}"
+            )
+    return torch.cat(flat, dim=1)
 
 
 def level_indices(counts: Sequence[int], device: torch.device | str = "cpu") -> Tensor:

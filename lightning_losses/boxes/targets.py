@@ -1,4 +1,5 @@
-"""Ground truth as padded tensors, so assigners handle a whole batch with one tensor op."""
+"""Ground truth as padded tensors, so assigners handle a whole batch with one tensor op, and the targets
+derived from it per prior: matched rows, FCOS centerness."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-__all__ = ["PaddedTargets", "pad_targets"]
+__all__ = ["PaddedTargets", "centerness_target", "gather_boxes", "pad_targets"]
 
 
 class PaddedTargets(NamedTuple):
@@ -68,3 +69,32 @@ def pad_targets(
     out_labels[rows, cols] = torch.cat(labels).to(device)
     mask = torch.arange(size, device=device)[None, :] < counts[:, None]
     return PaddedTargets(out_boxes, out_labels, mask)
+
+
+def gather_boxes(boxes: Tensor, index: Tensor) -> Tensor:
+    """``boxes`` ``(B, G, D)`` gathered at ``index`` ``(B, P)`` → ``(B, P, D)`` (boxes, or any rows).
+
+    Example:
+        >>> boxes = torch.tensor([[[0.0, 0, 2, 2], [1, 1, 5, 5]]])
+        >>> gather_boxes(boxes, torch.tensor([[1, 1, 0]]))[0, :, 2].tolist()
+        [5.0, 5.0, 2.0]
+    """
+    return boxes.gather(1, index.unsqueeze(-1).expand(-1, -1, boxes.shape[-1]))
+
+
+def centerness_target(distances: Tensor) -> Tensor:
+    r"""FCOS centerness :math:`\sqrt{\frac{\min(l, r)}{\max(l, r)} \cdot \frac{\min(t, b)}{\max(t, b)}}`.
+
+    Args:
+        distances: ``(..., 4)`` positive ``(l, t, r, b)``.
+
+    Example:
+        >>> centerness_target(torch.tensor([[1.0, 2.0, 4.0, 2.0]]))
+        tensor([0.5000])
+
+    Reference: Tian et al., *FCOS: Fully Convolutional One-Stage Object Detection*, ICCV 2019.
+    """
+    left_right = distances[..., [0, 2]]
+    top_bottom = distances[..., [1, 3]]
+    ratio = (left_right.amin(-1) / left_right.amax(-1)) * (top_bottom.amin(-1) / top_bottom.amax(-1))
+    return torch.sqrt(ratio)

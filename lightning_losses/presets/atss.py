@@ -1,4 +1,8 @@
-"""ATSS criterion: adaptive sample selection, focal / GIoU / centerness terms."""
+"""ATSS criterion: adaptive sample selection, focal / GIoU / centerness terms.
+
+``ATSSTargets`` and ``atss_targets`` moved to :mod:`lightning_losses.assigners.atss`; their names here are
+deprecated aliases.
+"""
 
 from __future__ import annotations
 
@@ -8,80 +12,17 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from lightning_losses.assigners.atss import ATSSAssigner
+from lightning_losses.assigners.atss import ATSSAssigner, ATSSTargets, atss_targets
 from lightning_losses.boxes.coders import DeltaXYWHCoder, bbox2distance
-from lightning_losses.boxes.priors import AnchorGenerator, valid_flags
-from lightning_losses.boxes.targets import PaddedTargets, pad_targets
+from lightning_losses.boxes.priors import AnchorGenerator
+from lightning_losses.boxes.targets import centerness_target
 from lightning_losses.losses.base import LossMetric
 from lightning_losses.losses.classification import CrossEntropyLoss, FocalLoss
 from lightning_losses.losses.iou import GIoULoss
-from lightning_losses.presets.base import DenseCriterion, gather_boxes, onehot_targets
-from lightning_losses.presets.fcos import centerness_target
+from lightning_losses.presets.base import DenseCriterion
+from lightning_losses.presets.class_targets import class_targets
 
 __all__ = ["ATSSCriterion", "ATSSTargets", "atss_targets"]
-
-
-class ATSSTargets:
-    """Assignment shared by ATSS and GFL: anchors, positives, labels, matched boxes (``(B, P, …)``) and the
-    classification weight (0 on anchors outside an image's valid area)."""
-
-    def __init__(
-        self,
-        anchors: Tensor,
-        positive: Tensor,
-        labels: Tensor,
-        boxes: Tensor,
-        num_pos_images: Tensor,
-        label_weight: Tensor | None,
-    ) -> None:
-        self.label_weight = label_weight
-        self.anchors = anchors
-        self.positive = positive
-        self.labels = labels
-        self.boxes = boxes
-        self.num_pos_images = num_pos_images
-
-    def avg_factor(self) -> Tensor:
-        """``Σ_img max(n_pos_img, 1)`` (before averaging over ranks)."""
-        return self.num_pos_images.clamp(min=1).sum()
-
-
-def atss_targets(
-    generator: AnchorGenerator,
-    assigner: ATSSAssigner,
-    cls_scores: Sequence[Tensor],
-    targets: Sequence[Mapping[str, Tensor]],
-    priors: Tensor | None,
-    image_size: Sequence[int] | Tensor | None = None,
-) -> ATSSTargets:
-    """Generate anchors (or take ``priors``), assign them with ATSS and gather each positive's box.
-
-    With ``image_size`` (``(H, W)`` or per-image ``(B, 2)`` padded shapes) anchors on cells beyond an
-    image's shape are left out of the assignment and of the classification loss, as MMDetection's valid
-    flags do.
-    """
-    device = cls_scores[0].device
-    sizes = [(int(m.shape[-2]), int(m.shape[-1])) for m in cls_scores]
-    per_cell = generator.num_base_priors
-    counts = [h * w * per_cell for h, w in sizes]
-    if priors is None:
-        priors = torch.cat(generator.grid_priors(sizes, device))
-    if priors.shape != (sum(counts), 4):
-        raise ValueError(f"`priors` must have shape ({sum(counts)}, 4) for these outputs, got {tuple(priors.shape)}")
-    priors = priors.float()
-    gts: PaddedTargets = pad_targets(targets, device)
-    prior_mask = None
-    if image_size is not None:
-        batch = cls_scores[0].shape[0]
-        pad_shapes = torch.as_tensor(image_size, device=device).reshape(-1, 2).expand(batch, 2)
-        prior_mask = valid_flags(sizes, generator.strides, per_cell, pad_shapes)
-    assign = assigner.assign(priors, counts, gts, prior_mask)
-    positive = assign.positive
-    matched = gather_boxes(gts.boxes, assign.matched)
-    # Negatives get their own anchor as box, so every (zero-weight) quantity derived from it is finite.
-    matched = torch.where(positive[..., None], matched, priors.expand_as(matched))
-    label_weight = None if prior_mask is None else prior_mask.float()
-    return ATSSTargets(priors, positive, assign.labels, matched, positive.sum(dim=1), label_weight)
 
 
 class ATSSCriterion(DenseCriterion):
@@ -105,7 +46,9 @@ class ATSSCriterion(DenseCriterion):
         octave_base_scale: anchor side in strides.
         topk: ATSS candidates per level.
         target_stds: coder stds.
-        loss_cls: default ``FocalLoss(gamma=2, alpha=0.25)``.
+        loss_cls: default ``FocalLoss(gamma=2, alpha=0.25)``; receives ``(N,)`` labels, background ``C``,
+            or ``(N, C)`` one-hot rows for a loss that takes no labels (see
+            :func:`~lightning_losses.presets.class_targets.class_targets`).
         loss_bbox: default ``GIoULoss(loss_weight=2.0)``.
         loss_centerness: default ``CrossEntropyLoss(use_sigmoid=True)``.
         max_assign_elements: chunk budget of the assigner.
@@ -161,7 +104,7 @@ class ATSSCriterion(DenseCriterion):
 
         loss_cls = self.loss_cls(
             cls.reshape(-1, self.num_classes),
-            onehot_targets(t.labels, self.num_classes, cls.dtype).reshape(-1, self.num_classes),
+            class_targets(self.loss_cls, t.labels, self.num_classes, cls.dtype),
             weight=None if t.label_weight is None else t.label_weight.reshape(-1),
             avg_factor=avg_factor,
         )

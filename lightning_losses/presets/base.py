@@ -8,8 +8,12 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+# flatten_levels, gather_boxes and onehot_targets moved out; their names here are deprecated aliases.
+from lightning_losses.boxes.priors import flatten_levels
+from lightning_losses.boxes.targets import gather_boxes
 from lightning_losses.distributed import reduce_mean
 from lightning_losses.losses.base import LossMetric
+from lightning_losses.presets.class_targets import onehot_targets
 from lightning_losses.registry import build_loss
 from lightning_losses.serialization import RecordsInit
 
@@ -17,42 +21,6 @@ __all__ = ["DenseCriterion", "flatten_levels", "gather_boxes", "onehot_targets"]
 
 LossSpec = LossMetric | Mapping[str, Any] | None
 _ABSENT = object()  # marks "this criterion takes no centerness maps" in flatten_outputs
-
-
-def flatten_levels(maps: Sequence[Tensor], channels: int, name: str) -> Tensor:
-    """Per-level maps to one ``(B, Σ_l H_l·W_l·A, channels)`` tensor, rows ``(level, y, x, a)``.
-
-    A 4-D map ``(B, A·channels, H, W)`` is flattened by ``permute(0, 2, 3, 1)``; a 3-D map
-    ``(B, N_l, channels)`` is taken as already flattened (NetsPresso's layout).
-    """
-    flat = []
-    for level, m in enumerate(maps):
-        if not isinstance(m, Tensor):
-            raise TypeError(f"`{name}[{level}]` must be a tensor, got {type(m).__name__}")
-        if m.ndim == 4:
-            if m.shape[1] % channels:
-                raise ValueError(
-                    f"`{name}[{level}]` has {m.shape[1]} channels, not a multiple of {channels}: "
-                    f"expected (B, A·{channels}, H, W), got {tuple(m.shape)}"
-                )
-            flat.append(m.permute(0, 2, 3, 1).reshape(m.shape[0], -1, channels))
-        elif m.ndim == 3 and m.shape[-1] == channels:
-            flat.append(m)
-        else:
-            raise ValueError(
-                f"`{name}[{level}]` must be (B, A·{channels}, H, W) or (B, N, {channels}), got {tuple(m.shape)}"
-            )
-    return torch.cat(flat, dim=1)
-
-
-def onehot_targets(labels: Tensor, num_classes: int, dtype: torch.dtype) -> Tensor:
-    """``(..., C)`` one-hot rows for labels in ``[0, C)``; any other label (background, -1) gives zeros."""
-    return (labels.unsqueeze(-1) == torch.arange(num_classes, device=labels.device)).to(dtype)
-
-
-def gather_boxes(boxes: Tensor, index: Tensor) -> Tensor:
-    """``boxes`` ``(B, G, D)`` gathered at ``index`` ``(B, P)`` → ``(B, P, D)`` (boxes, or any rows)."""
-    return boxes.gather(1, index.unsqueeze(-1).expand(-1, -1, boxes.shape[-1]))
 
 
 class DenseCriterion(RecordsInit, nn.Module):

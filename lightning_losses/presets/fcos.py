@@ -1,4 +1,7 @@
-"""FCOS criterion: point assignment by regress range, focal / IoU / centerness terms."""
+"""FCOS criterion: point assignment by regress range, focal / IoU / centerness terms.
+
+``centerness_target`` moved to :mod:`lightning_losses.boxes.targets`; its name here is a deprecated alias.
+"""
 
 from __future__ import annotations
 
@@ -11,29 +14,14 @@ from torch import Tensor
 from lightning_losses.assigners.points import FCOS_REGRESS_RANGES, PointAssigner
 from lightning_losses.boxes.coders import bbox2distance, distance2bbox
 from lightning_losses.boxes.priors import PointGenerator, level_indices
-from lightning_losses.boxes.targets import pad_targets
+from lightning_losses.boxes.targets import centerness_target, gather_boxes, pad_targets
 from lightning_losses.losses.base import LossMetric
 from lightning_losses.losses.classification import CrossEntropyLoss, FocalLoss
 from lightning_losses.losses.iou import IoULoss
-from lightning_losses.presets.base import DenseCriterion, gather_boxes, onehot_targets
+from lightning_losses.presets.base import DenseCriterion
+from lightning_losses.presets.class_targets import class_targets
 
 __all__ = ["FCOSCriterion", "centerness_target"]
-
-
-def centerness_target(distances: Tensor) -> Tensor:
-    r"""FCOS centerness :math:`\sqrt{\frac{\min(l, r)}{\max(l, r)} \cdot \frac{\min(t, b)}{\max(t, b)}}`.
-
-    Args:
-        distances: ``(..., 4)`` positive ``(l, t, r, b)``.
-
-    Example:
-        >>> centerness_target(torch.tensor([[1.0, 2.0, 4.0, 2.0]]))
-        tensor([0.5000])
-    """
-    left_right = distances[..., [0, 2]]
-    top_bottom = distances[..., [1, 3]]
-    ratio = (left_right.amin(-1) / left_right.amax(-1)) * (top_bottom.amin(-1) / top_bottom.amax(-1))
-    return torch.sqrt(ratio)
 
 
 class FCOSCriterion(DenseCriterion):
@@ -60,7 +48,9 @@ class FCOSCriterion(DenseCriterion):
         center_sampling: positives only inside each box's center region.
         center_sample_radius: region half-size in strides.
         norm_on_bbox: ``bbox_preds`` are in stride units (targets divided by the stride).
-        loss_cls: default ``FocalLoss(gamma=2, alpha=0.25)`` (receives ``(N, C)`` one-hot targets).
+        loss_cls: default ``FocalLoss(gamma=2, alpha=0.25)``; receives ``(N,)`` labels, background ``C``,
+            or ``(N, C)`` one-hot rows for a loss that takes no labels (see
+            :func:`~lightning_losses.presets.class_targets.class_targets`).
         loss_bbox: default ``IoULoss(mode="log")``.
         loss_centerness: default ``CrossEntropyLoss(use_sigmoid=True)``.
         max_assign_elements: chunk budget of the assigner.
@@ -136,7 +126,7 @@ class FCOSCriterion(DenseCriterion):
 
         loss_cls = self.loss_cls(
             cls.reshape(-1, self.num_classes),
-            onehot_targets(assign.labels, self.num_classes, cls.dtype).reshape(-1, self.num_classes),
+            class_targets(self.loss_cls, assign.labels, self.num_classes, cls.dtype),
             avg_factor=num_pos,
         )
         loss_bbox = self.loss_bbox(

@@ -8,14 +8,13 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from lightning_losses.assigners.atss import ATSSAssigner
+from lightning_losses.assigners.atss import ATSSAssigner, atss_targets
 from lightning_losses.boxes.coders import bbox2distance, distance2bbox, integral
 from lightning_losses.boxes.iou import bbox_overlaps
 from lightning_losses.boxes.priors import AnchorGenerator
 from lightning_losses.losses.base import LossMetric
 from lightning_losses.losses.classification import DistributionFocalLoss, QualityFocalLoss
 from lightning_losses.losses.iou import GIoULoss
-from lightning_losses.presets.atss import atss_targets
 from lightning_losses.presets.base import DenseCriterion
 
 __all__ = ["GFLCriterion"]

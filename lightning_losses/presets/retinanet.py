@@ -11,15 +11,16 @@ from torch import Tensor
 from lightning_losses.assigners.max_iou import MaxIoUAssigner
 from lightning_losses.boxes.coders import DeltaXYWHCoder
 from lightning_losses.boxes.priors import AnchorGenerator, valid_flags
-from lightning_losses.boxes.targets import pad_targets
+from lightning_losses.boxes.targets import gather_boxes, pad_targets
 from lightning_losses.losses.base import LossMetric
 from lightning_losses.losses.classification import FocalLoss
-from lightning_losses.losses.regression import L1Loss, SmoothL1Loss
-from lightning_losses.presets.base import DenseCriterion, gather_boxes, onehot_targets
+from lightning_losses.presets.base import DenseCriterion
+from lightning_losses.presets.class_targets import class_targets
+from lightning_losses.presets.styles import RETINANET_STYLES, RetinaNetStyle
 
 __all__ = ["RetinaNetCriterion"]
 
-STYLES = ("mmdet", "netspresso")
+STYLES = tuple(RETINANET_STYLES)
 
 
 class RetinaNetCriterion(DenseCriterion):
@@ -41,7 +42,8 @@ class RetinaNetCriterion(DenseCriterion):
     over non-ignored anchors and L1 summed over positives, each divided by that image's
     :math:`\max(1, n^{pos})`, then averaged over images; in its low-quality step an anchor that attains a
     box's max IoU is matched to its own best box. Its normaliser is per image, so it is not averaged over
-    ranks. Neither style lets a box that overlaps no anchor turn zero-IoU anchors positive.
+    ranks. Neither style lets a box that overlaps no anchor turn zero-IoU anchors positive. Each style's
+    choices are one :class:`~lightning_losses.presets.styles.RetinaNetStyle` (:attr:`conventions`).
 
     Args:
         num_classes: ``C``, classes without background.
@@ -56,8 +58,9 @@ class RetinaNetCriterion(DenseCriterion):
         target_means: coder means.
         target_stds: coder stds.
         style: ``"mmdet"`` or ``"netspresso"``.
-        loss_cls: classification term (default ``FocalLoss(gamma=2, alpha=0.25)``); receives ``(N, C)``
-            one-hot targets.
+        loss_cls: classification term (default ``FocalLoss(gamma=2, alpha=0.25)``); receives ``(N,)``
+            labels, background ``C``, or ``(N, C)`` one-hot rows for a loss that takes no labels (see
+            :func:`~lightning_losses.presets.class_targets.class_targets`).
         loss_bbox: box term on deltas (default ``SmoothL1Loss(beta=1.0)``; ``L1Loss`` with netspresso style).
         max_assign_elements: chunk budget of the assigner.
 
@@ -99,6 +102,7 @@ class RetinaNetCriterion(DenseCriterion):
         if style not in STYLES:
             raise ValueError(f"`style` must be one of {STYLES}, got {style!r}")
         self.style = style
+        conventions = self.conventions
         self.anchor_generator = AnchorGenerator(
             self.strides,
             ratios=ratios,
@@ -111,13 +115,17 @@ class RetinaNetCriterion(DenseCriterion):
             neg_iou_thr,
             min_pos_iou,
             match_low_quality=True,
-            low_quality_match="best" if style == "netspresso" else "box",
+            low_quality_match=conventions.low_quality_match,
             max_elements=max_assign_elements,
         )
         self.coder = DeltaXYWHCoder(target_means, target_stds)
         self.loss_cls = self.build_term(loss_cls, FocalLoss(gamma=2.0, alpha=0.25))
-        default_box: LossMetric = L1Loss() if style == "netspresso" else SmoothL1Loss(beta=1.0)
-        self.loss_bbox = self.build_term(loss_bbox, default_box)
+        self.loss_bbox = self.build_term(loss_bbox, conventions.default_loss_bbox())
+
+    @property
+    def conventions(self) -> RetinaNetStyle:
+        """What :attr:`style` chooses: matcher, normaliser and default box loss."""
+        return RETINANET_STYLES[self.style]
 
     def forward(
         self,
@@ -144,42 +152,44 @@ class RetinaNetCriterion(DenseCriterion):
         assign = self.assigner.assign(priors.float(), gts, prior_mask)
 
         positive = assign.positive
-        cls_target = onehot_targets(assign.labels, self.num_classes, cls.dtype)
         label_weight = (assign.gt_inds >= 0).to(cls.dtype)
         matched = gather_boxes(gts.boxes, assign.matched)
         # Negatives get the anchor itself as target, so their (zero-weight) deltas are finite.
         matched = torch.where(positive[..., None], matched, priors.float())
         box_target = self.coder.encode(priors.float().expand_as(matched), matched)
         box_weight = positive[..., None].expand_as(box_target).to(box.dtype)
-        num_pos = positive.sum(dim=1)
+        per_image, avg_factor, reduction = self._normalisers(positive.sum(dim=1), cls.dtype)
+        if per_image is not None:
+            label_weight = label_weight * per_image
+            box_weight = box_weight * per_image[..., None]
 
-        if self.style == "netspresso":
-            per_image = 1.0 / (num_pos.clamp(min=1).to(cls.dtype) * batch)
-            loss_cls = self.loss_cls(
-                cls.reshape(-1, self.num_classes),
-                cls_target.reshape(-1, self.num_classes),
-                weight=(label_weight * per_image[:, None]).reshape(-1),
-                reduction_override="sum",
-            )
-            loss_bbox = self.loss_bbox(
-                box.reshape(-1, 4),
-                box_target.reshape(-1, 4),
-                weight=(box_weight * per_image[:, None, None]).reshape(-1, 4),
-                reduction_override="sum",
-            )
-            return {"loss_cls": loss_cls, "loss_bbox": loss_bbox}
-
-        (avg_factor,) = self.average_over_ranks(num_pos.clamp(min=1).sum())
         loss_cls = self.loss_cls(
             cls.reshape(-1, self.num_classes),
-            cls_target.reshape(-1, self.num_classes),
+            class_targets(self.loss_cls, assign.labels, self.num_classes, cls.dtype),
             weight=label_weight.reshape(-1),
             avg_factor=avg_factor,
+            reduction_override=reduction,
         )
         loss_bbox = self.loss_bbox(
-            box.reshape(-1, 4), box_target.reshape(-1, 4), weight=box_weight.reshape(-1, 4), avg_factor=avg_factor
+            box.reshape(-1, 4),
+            box_target.reshape(-1, 4),
+            weight=box_weight.reshape(-1, 4),
+            avg_factor=avg_factor,
+            reduction_override=reduction,
         )
         return {"loss_cls": loss_cls, "loss_bbox": loss_bbox}
+
+    def _normalisers(self, num_pos: Tensor, dtype: torch.dtype) -> tuple[Tensor | None, Tensor | None, str | None]:
+        r"""``(per_image, avg_factor, reduction_override)`` of the style's normaliser, from ``(B,)`` positives.
+
+        Per image: ``(B, 1)`` weights :math:`1 / (B \max(1, n^{pos}))` and a sum. Per batch:
+        :math:`\mathrm{mean}_{ranks}\sum_{img}\max(n^{pos}_{img}, 1)` as ``avg_factor``.
+        """
+        if self.conventions.per_image_normaliser:
+            per_image = 1.0 / (num_pos.clamp(min=1).to(dtype) * num_pos.shape[0])
+            return per_image[:, None], None, "sum"
+        (avg_factor,) = self.average_over_ranks(num_pos.clamp(min=1).sum())
+        return None, avg_factor, None
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, style={self.style!r}"

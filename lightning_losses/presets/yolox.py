@@ -10,12 +10,13 @@ from torch import Tensor
 
 from lightning_losses.assigners.simota import SimOTAAssigner
 from lightning_losses.boxes.priors import PointGenerator
-from lightning_losses.boxes.targets import pad_targets
+from lightning_losses.boxes.targets import gather_boxes, pad_targets
 from lightning_losses.losses.base import LossMetric
 from lightning_losses.losses.classification import CrossEntropyLoss
 from lightning_losses.losses.iou import IoULoss
 from lightning_losses.losses.regression import L1Loss
-from lightning_losses.presets.base import DenseCriterion, gather_boxes, onehot_targets
+from lightning_losses.presets.base import DenseCriterion
+from lightning_losses.presets.class_targets import onehot_targets
 
 __all__ = ["YOLOXCriterion"]
 
@@ -41,7 +42,9 @@ class YOLOXCriterion(DenseCriterion):
     NetsPresso's total is ``5·iou + obj + cls + l1``: here the 5 is ``loss_bbox``'s ``loss_weight``.
 
     ``style="mmdet"`` gives MMDetection 3.x's YOLOX-S semantics (its SimOTA candidates and cost, see
-    :class:`~lightning_losses.assigners.SimOTAAssigner`); there ``l1_activate_epoch = max_epochs - 15``.
+    :class:`~lightning_losses.assigners.simota.SimOTAAssigner`); there ``l1_activate_epoch = max_epochs - 15``.
+    The styles differ only in the assignment: each one's choices are one
+    :class:`~lightning_losses.assigners.simota.SimOTAStyle`, read by the assigner.
 
     Args:
         num_classes: ``C``.
