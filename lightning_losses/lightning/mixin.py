@@ -7,27 +7,20 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from torch import Tensor, nn
+from torchmetrics import Metric
 
+from lightning_losses.lightning.stages import (
+    STAGE_SLOTS,
+    STAGES,
+    RunningMean,
+    StageLosses,
+    remap_old_layout,
+    trainer_stage,
+)
 from lightning_losses.losses.base import LossMetric
 from lightning_losses.serialization import from_config, to_config
 
 __all__ = ["STAGES", "DetectionLossModule", "RunningMean"]
-
-STAGES = ("train", "val", "test")
-# ModuleDict keys cannot shadow nn.Module attributes such as `train`.
-_SLOT = {"train": "fit", "val": "val", "test": "test"}
-_STAGE_OF = {"train": "train", "validate": "val", "sanity_check": "val", "test": "test", "predict": "test"}
-
-
-class RunningMean(LossMetric):
-    """A running mean of tracked values with the ``LossMetric`` states (for totals and plain-tensor terms)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-
-    def forward(self, value: Tensor) -> Tensor:  # type: ignore[override]
-        self.track(value)
-        return value
 
 
 class DetectionLossModule:
@@ -44,16 +37,25 @@ class DetectionLossModule:
                 images, targets = batch
                 return self.compute_losses(self(images), targets)
 
-    ``criterion`` is one criterion (a preset such as :class:`~lightning_losses.RetinaNetCriterion`) or a
-    mapping of named criteria for a multi-task model, with optional ``criterion_weights``.
+    ``criterion`` is one criterion (a preset such as :class:`~lightning_losses.RetinaNetCriterion`, or any
+    ``nn.Module`` whose ``forward`` returns a non-empty dict of scalar tensors) or a mapping of named
+    criteria for a multi-task model, with optional ``criterion_weights``.
 
     :meth:`compute_losses` calls the stage's copy of the criterion on ``outputs`` (a tuple of its
     positional inputs or a mapping of keyword inputs) and ``targets``, logs each term as
     ``{stage}/{term}`` (``{stage}/{name}/{term}`` with several criteria) and the total as
-    ``{stage}/loss``, and returns the total to backpropagate. Terms are logged as the criterion's own
-    ``LossMetric`` objects: the step value is that step's, the epoch value the exact mean over every step
-    of every rank, synchronised once per epoch (no collective per step). Train logs on step and epoch,
-    val / test on epoch.
+    ``{stage}/loss``, and returns the total to backpropagate. A term is logged as the ``LossMetric``
+    that produced it when the criterion names one (:meth:`~lightning_losses.presets.Criterion.term_metrics`),
+    otherwise as a running mean the mixin keeps for it; either way the step value is that step's and the
+    epoch value the exact mean over every step of every rank, synchronised once per epoch (no collective
+    per step). Train logs on step and epoch, val / test on epoch. A term should come from the same place
+    for a whole epoch: criteria switch terms on or off between epochs (YOLOX's ``l1_activate_epoch``).
+
+    The stage comes from the trainer's public state: ``training`` is ``train``; ``validating`` and
+    ``sanity_checking`` are ``val``; ``testing`` is ``test``. While the trainer predicts,
+    :meth:`compute_losses` returns the total from the test copy and logs nothing (Lightning allows no
+    logging in ``predict_step``); the copy's running means are reset afterwards, so a later test epoch
+    starts clean. Without a trainer (or one running no stage) the stage is ``train``.
 
     What it uses of Lightning: ``self.trainer`` (stage and epoch, when attached), ``self.log``, module
     attributes, and one hook, ``on_save_checkpoint``, which stores criteria found in
@@ -61,11 +63,13 @@ class DetectionLossModule:
     ``weights_only=True`` (call ``super().on_save_checkpoint(checkpoint)`` if you override it). A model
     keeps its own ``training_step``, ``configure_optimizers`` and other hooks. Criteria with
     ``set_epoch`` (YOLOX's ``l1_activate_epoch``) receive ``current_epoch + 1`` (1-based) on every call.
-    Each stage has its own copy of the criterion, so epoch means never mix stages; loss states are not
-    saved in checkpoints.
+    Each stage has its own copy of the criterion (``loss_stages``, one
+    :class:`~lightning_losses.lightning.stages.StageLosses` per stage), so epoch means never mix stages;
+    loss states are not saved in checkpoints, and ``state_dict`` keys of the earlier layout
+    (``criteria.{fit,val,test}.{name}.…``) still load.
     """
 
-    criteria: nn.ModuleDict
+    loss_stages: nn.ModuleDict
     criterion_weights: dict[str, float]
 
     def __init__(
@@ -87,7 +91,8 @@ class DetectionLossModule:
         A ``class_path`` / ``init_args`` dict (how checkpoints store criteria) is built first.
         """
         criterion = from_config(criterion)
-        if isinstance(criterion, nn.Module) and not isinstance(criterion, nn.ModuleDict):
+        single = isinstance(criterion, nn.Module) and not isinstance(criterion, nn.ModuleDict)
+        if single:
             named: dict[str, nn.Module] = {"": criterion}
         elif isinstance(criterion, Mapping):
             if not criterion:
@@ -106,35 +111,37 @@ class DetectionLossModule:
         if unknown:
             raise ValueError(f"`criterion_weights` names unknown criteria {sorted(unknown)}; known: {sorted(named)}")
         self.criterion_weights = {name: float(weights.get(name, 1.0)) for name in named}
-        copies = {
-            stage: {_key(name): module if stage == "train" else copy.deepcopy(module) for name, module in named.items()}
-            for stage in STAGES
-        }
-        self.criteria = nn.ModuleDict({_SLOT[stage]: nn.ModuleDict(copies[stage]) for stage in STAGES})
-        self.loss_totals = nn.ModuleDict({_SLOT[stage]: RunningMean() for stage in STAGES})
-        self.plain_terms = nn.ModuleDict({_SLOT[stage]: nn.ModuleDict() for stage in STAGES})
+        self.loss_stages = nn.ModuleDict(
+            {
+                STAGE_SLOTS[stage]: StageLosses(
+                    {
+                        name or "criterion": module if stage == "train" else copy.deepcopy(module)
+                        for name, module in named.items()
+                    },
+                    single,
+                )
+                for stage in STAGES
+            }
+        )
 
     def stage_criteria(self, stage: str) -> nn.ModuleDict:
         """The criteria of ``stage`` (``train``, ``val`` or ``test``), keyed by name (``criterion`` for one)."""
-        if stage not in STAGES:
-            raise ValueError(f"`stage` must be one of {STAGES}, got {stage!r}")
-        return self.criteria[_SLOT[stage]]
+        return self._stage_losses(stage).criteria
 
     def loss_log_keys(self) -> list[str] | None:
         """Every key :meth:`compute_losses` logs (train keys with Lightning's ``_step`` / ``_epoch`` suffixes),
         from the criteria's declared ``terms``; ``None`` when a criterion does not declare them."""
-        if not hasattr(self, "criteria"):
+        if not hasattr(self, "loss_stages"):
             return None
         keys = []
         for stage in STAGES:
-            criteria = self.stage_criteria(stage)
-            single = list(criteria.keys()) == [_key("")]
+            losses = self._stage_losses(stage)
             names = [f"{stage}/loss"]
-            for key, criterion in criteria.items():
+            for name, criterion in losses.criteria.items():
                 terms = getattr(criterion, "terms", None)
                 if not terms:
                     return None
-                names += [_prefix(stage, key, single) + term for term in terms]
+                names += [_prefix(stage, name, losses.single) + term for term in terms]
             keys += [f"{n}{suffix}" for n in names for suffix in (("_step", "_epoch") if stage == "train" else ("",))]
         return keys
 
@@ -147,11 +154,10 @@ class DetectionLossModule:
         return next(iter(modules.values()))
 
     def current_stage(self) -> str:
-        """``train``, ``val`` or ``test`` from the attached trainer (``train`` without one)."""
-        trainer = getattr(self, "_trainer", None)
-        if trainer is None or trainer.state.stage is None:
-            return "train"
-        return _STAGE_OF.get(trainer.state.stage.value, "train")
+        """``train``, ``val`` or ``test`` from the attached trainer (``test`` while it predicts, ``train``
+        without one or while it runs no stage)."""
+        stage = trainer_stage(self._attached_trainer())
+        return "test" if stage == "predict" else stage or "train"
 
     def compute_losses(
         self,
@@ -167,36 +173,45 @@ class DetectionLossModule:
                 mapping (``**outputs``). With several criteria, a mapping from criterion name to that.
             targets: the criterion's targets; with several criteria, a mapping from name to targets, or
                 one value shared by all.
-            stage: ``train``, ``val`` or ``test``; inferred from the trainer when ``None``.
+            stage: ``train``, ``val`` or ``test``; inferred from the trainer when ``None``. While the
+                trainer predicts nothing is logged and the stage's running means are reset after the call.
             criterion_kwargs: extra keyword arguments for every criterion (``image_size=…``).
         """
-        if not hasattr(self, "criteria"):
+        if not hasattr(self, "loss_stages"):
             raise RuntimeError("no criterion installed: pass `criterion=` to __init__ or call set_criterion()")
+        trainer = self._attached_trainer()
+        predicting = trainer_stage(trainer) == "predict"
         stage = stage or self.current_stage()
-        criteria = self.stage_criteria(stage)
-        epoch = self._epoch()
-        single = list(criteria.keys()) == [_key("")]
+        losses = self._stage_losses(stage)
+        epoch = getattr(trainer, "current_epoch", None)
         total: Tensor | None = None
-        for key, criterion in criteria.items():
-            name = _name(key)
+        for name, criterion in losses.criteria.items():
             if epoch is not None and hasattr(criterion, "set_epoch"):
-                criterion.set_epoch(epoch)
-            inputs = outputs if single else _pick(outputs, name, "outputs")
-            target = targets if single or not _is_named(targets, criteria) else targets[name]
+                criterion.set_epoch(int(epoch) + 1)
+            inputs = outputs if losses.single else _pick(outputs, name, "outputs")
+            target = targets if losses.single or not _is_named(targets, losses.criteria) else targets[name]
             args, kwargs = ([], dict(inputs)) if isinstance(inputs, Mapping) else (list(inputs), {})
             terms = criterion(*args, target, **kwargs, **criterion_kwargs)
             if not isinstance(terms, Mapping) or not terms:
                 raise TypeError(f"criterion {type(criterion).__name__} must return a non-empty dict of loss terms")
-            prefix = _prefix(stage, key, single)
             for term, value in terms.items():
-                self._log_term(prefix + term, self._metric_of(criterion, term, stage, prefix + term, value), stage)
-            subtotal = sum(terms.values())
-            weighted = subtotal * self.criterion_weights[name]
+                if not isinstance(value, Tensor):
+                    raise TypeError(
+                        f"criterion {type(criterion).__name__} returned {type(value).__name__} for term {term!r}; "
+                        "expected a scalar tensor"
+                    )
+            if not predicting:
+                self._log_terms(losses, stage, name, criterion, terms)
+            weighted = sum(terms.values()) * self.criterion_weights["" if losses.single else name]
             total = weighted if total is None else total + weighted
         assert total is not None
-        running_total = self.loss_totals[_SLOT[stage]]
-        running_total(total.detach())
-        self._log_term(f"{stage}/loss", running_total, stage, prog_bar=True)
+        if predicting:
+            for module in losses.criteria.modules():
+                if isinstance(module, Metric):
+                    module.reset()
+        else:
+            losses.total(total.detach())
+            self._log_metric(f"{stage}/loss", losses.total, stage, prog_bar=True)
         return total
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -207,43 +222,53 @@ class DetectionLossModule:
         if "hyper_parameters" in checkpoint:
             checkpoint["hyper_parameters"] = to_config(checkpoint["hyper_parameters"])
 
-    def _epoch(self) -> int | None:
-        trainer = getattr(self, "_trainer", None)
-        return None if trainer is None else int(trainer.current_epoch) + 1
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
+        # A model of its own with a `criteria` child keeps its keys; otherwise they are the earlier layout's.
+        if "criteria" not in dict(self.named_children()):  # type: ignore[attr-defined]
+            remap_old_layout(state_dict, prefix)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)  # type: ignore[misc]
 
-    def _metric_of(self, criterion: nn.Module, term: str, stage: str, key: str, value: Tensor) -> LossMetric:
-        module = getattr(criterion, term, None)
-        if isinstance(module, LossMetric) and module._forward_cache is not None:
-            return module
-        # A term that is not a LossMetric child: keep its running mean in a metric of our own.
-        plain = self.plain_terms[_SLOT[stage]]
-        slot = key.replace("/", ".")
-        if slot not in plain:
-            plain[slot] = RunningMean().to(value.device)
-        plain[slot](value.detach())
-        return plain[slot]
+    def _stage_losses(self, stage: str) -> StageLosses:
+        if stage not in STAGES:
+            raise ValueError(f"`stage` must be one of {STAGES}, got {stage!r}")
+        return self.loss_stages[STAGE_SLOTS[stage]]  # type: ignore[return-value]
 
-    def _log_term(self, key: str, metric: LossMetric, stage: str, prog_bar: bool = False) -> None:
+    def _attached_trainer(self) -> Any:
+        try:
+            return self.trainer  # type: ignore[attr-defined]
+        except (AttributeError, RuntimeError):  # not attached (RuntimeError), or no LightningModule
+            return None
+
+    def _log_terms(
+        self, losses: StageLosses, stage: str, name: str, criterion: nn.Module, terms: Mapping[str, Tensor]
+    ) -> None:
+        """Log each term as the criterion's metric of it, or as the running mean the stage keeps for it."""
+        term_metrics = getattr(criterion, "term_metrics", None)
+        provided = term_metrics() if callable(term_metrics) else {}
+        prefix = _prefix(stage, name, losses.single)
+        for term, value in terms.items():
+            key = prefix + term
+            metric = provided.get(term)
+            if not isinstance(metric, LossMetric):
+                metric = losses.term_mean(key, value.device)
+                metric(value.detach())
+            self._log_metric(key, metric, stage)
+
+    def _log_metric(self, key: str, metric: LossMetric, stage: str, prog_bar: bool = False) -> None:
         train = stage == "train"
-        self.log(key, metric, on_step=train, on_epoch=True, prog_bar=prog_bar)  # type: ignore[attr-defined]
+        # `metric_attribute` is the key itself. Lightning only compares it between calls, so a key may be logged
+        # through the criterion's metric in one epoch and the stage's running mean in another; it also spares
+        # Lightning's lookup of metric attributes, made once per run, which misses running means made later.
+        self.log(key, metric, on_step=train, on_epoch=True, prog_bar=prog_bar, metric_attribute=key)  # type: ignore[attr-defined]
 
 
-def _key(name: str) -> str:
-    # ModuleDict keys cannot be empty (names with dots are refused in set_criterion).
-    return "criterion" if name == "" else name
-
-
-def _prefix(stage: str, key: str, single: bool) -> str:
+def _prefix(stage: str, name: str, single: bool) -> str:
     """Logged keys: ``{stage}/{term}``, or ``{stage}/{name}/{term}`` with several criteria."""
-    return f"{stage}/" if single else f"{stage}/{_name(key)}/"
-
-
-def _name(key: str) -> str:
-    return "" if key == "criterion" else key
+    return f"{stage}/" if single else f"{stage}/{name}/"
 
 
 def _is_named(value: Any, criteria: nn.ModuleDict) -> bool:
-    return isinstance(value, Mapping) and set(value) == {_name(k) for k in criteria}
+    return isinstance(value, Mapping) and set(value) == set(criteria.keys())
 
 
 def _pick(outputs: Any, name: str, what: str) -> Any:

@@ -1,7 +1,7 @@
 """Detector criteria: every loss term of a detector, target assignment included."""
 
 from lightning_losses.presets.atss import ATSSCriterion
-from lightning_losses.presets.base import DenseCriterion
+from lightning_losses.presets.base import Criterion, DenseCriterion
 from lightning_losses.presets.fcos import FCOSCriterion
 from lightning_losses.presets.gfl import GFLCriterion
 from lightning_losses.presets.pidnet import PIDNetCriterion
@@ -11,6 +11,7 @@ from lightning_losses.presets.yolox import YOLOXCriterion
 
 __all__ = [
     "ATSSCriterion",
+    "Criterion",
     "DenseCriterion",
     "FCOSCriterion",
     "GFLCriterion",

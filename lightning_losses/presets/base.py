@@ -1,4 +1,4 @@
-"""What the dense-detector criteria share: input checks, level flattening, loss terms, normalisers."""
+"""The criterion base, and what the dense-detector criteria share: input checks, level flattening, normalisers."""
 
 from __future__ import annotations
 
@@ -17,21 +17,77 @@ from lightning_losses.presets.class_targets import onehot_targets
 from lightning_losses.registry import build_loss
 from lightning_losses.serialization import RecordsInit
 
-__all__ = ["DenseCriterion", "flatten_levels", "gather_boxes", "onehot_targets"]
+__all__ = ["Criterion", "DenseCriterion", "flatten_levels", "gather_boxes", "onehot_targets"]
 
 LossSpec = LossMetric | Mapping[str, Any] | None
 _ABSENT = object()  # marks "this criterion takes no centerness maps" in flatten_outputs
 
 
-class DenseCriterion(RecordsInit, nn.Module):
+class Criterion(RecordsInit, nn.Module):
+    """Base of the criteria: ``forward`` returns a dict of scalar loss terms, and each call reports which
+    ``LossMetric`` produced which term.
+
+    ``terms`` declares the term names, so the keys a trainer logs are known before the first step.
+    After a call, :meth:`term_metrics` maps a returned term to the ``LossMetric`` inside the criterion
+    whose output it is, when that metric ran exactly once in the call: the term is then exactly the
+    value the metric tracked, and the metric's running mean is the term's. A term computed any other way
+    (a constant while a schedule keeps it off, a sum of two calls, a scaled output) is left out; a
+    trainer keeps its running mean itself, as :class:`~lightning_losses.DetectionLossModule` does.
+    Outputs are matched by object identity, on the host: no device work, no sync.
+
+    Example:
+        >>> from lightning_losses import L1Loss
+        >>> class Halved(Criterion):
+        ...     terms = ("loss_l1", "loss_half")
+        ...     def __init__(self):
+        ...         super().__init__()
+        ...         self.loss_l1 = L1Loss()
+        ...     def forward(self, pred, target):
+        ...         loss = self.loss_l1(pred, target)
+        ...         return {"loss_l1": loss, "loss_half": loss / 2}
+        >>> criterion = Halved()
+        >>> _ = criterion(torch.ones(3), torch.zeros(3))
+        >>> criterion.term_metrics()
+        {'loss_l1': L1Loss(reduction='mean', loss_weight=1.0)}
+    """
+
+    terms: tuple[str, ...] = ()
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._term_paths: dict[str, str] = {}
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        metrics = [(name, m) for name, m in self.named_modules() if isinstance(m, LossMetric)]
+        outputs: dict[int, list[Any]] = {id(m): [] for _, m in metrics}
+
+        def record(module: nn.Module, inputs: Any, output: Any) -> None:
+            outputs[id(module)].append(output)
+
+        # Hooks live for this call only: copies and pickles of the criterion carry none.
+        handles = [m.register_forward_hook(record) for _, m in metrics]
+        try:
+            result = super().__call__(*args, **kwargs)
+        finally:
+            for handle in handles:
+                handle.remove()
+        produced = {id(outputs[id(m)][0]): name for name, m in metrics if len(outputs[id(m)]) == 1}
+        terms = result.items() if isinstance(result, Mapping) else ()
+        self._term_paths = {term: produced[id(value)] for term, value in terms if id(value) in produced}
+        return result
+
+    def term_metrics(self) -> dict[str, LossMetric]:
+        """The ``LossMetric`` behind each term of the last call (terms computed otherwise are left out)."""
+        return {term: self.get_submodule(path) for term, path in self._term_paths.items()}
+
+
+class DenseCriterion(Criterion):
     """Base of the dense-detector criteria.
 
     Subclasses declare their loss terms as ``LossMetric`` children named after the terms, take per-level
     head outputs and ``targets`` (one ``{"boxes", "labels"}`` dict per image) and return one tensor per
     term. Batch-dependent normalisers go through :meth:`average_over_ranks` once per step.
     """
-
-    terms: tuple[str, ...] = ()
 
     def __init__(self, num_classes: int, strides: Sequence[int]) -> None:
         super().__init__()

@@ -7,19 +7,19 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from lightning_losses.functional.segmentation import boundary_from_mask
 from lightning_losses.losses.base import LossMetric
 from lightning_losses.losses.classification import CrossEntropyLoss
 from lightning_losses.losses.segmentation import BoundaryLoss, OhemCrossEntropyLoss
+from lightning_losses.presets.base import Criterion
 from lightning_losses.registry import build_loss
-from lightning_losses.serialization import RecordsInit
 
 __all__ = ["PIDNetCriterion"]
 
 
-class PIDNetCriterion(RecordsInit, nn.Module):
+class PIDNetCriterion(Criterion):
     r"""PIDNet's four loss terms from its three heads.
 
     Every logit map is resized bilinearly (``align_corners=True``) to the target size, then

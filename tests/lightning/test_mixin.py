@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import lightning as L
@@ -10,10 +9,8 @@ import pytest
 import torch
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).parent))
-from tiny import NUM_CLASSES, TinyYOLOX, loader
-
 from lightning_losses import DetectionLossModule, FocalLoss, YOLOXCriterion
+from tests.lightning.tiny import NUM_CLASSES, TinyYOLOX, loader, returned_terms
 
 TERMS = ("loss_bbox", "loss_obj", "loss_cls", "loss_l1")
 
@@ -107,10 +104,10 @@ class _TwoHeads(DetectionLossModule, L.LightningModule):
     def training_step(self, batch, batch_idx):
         images, targets = batch
         maps = [self.conv(images[:, :, ::8, ::8]), self.conv(images[:, :, ::16, ::16])]
-        loss = self.compute_losses({"det": (maps,), "aux": (maps,)}, targets)
-        det = sum(getattr(self.stage_criteria("train")["det"], t)._forward_cache for t in TERMS)
-        aux = sum(getattr(self.stage_criteria("train")["aux"], t)._forward_cache for t in TERMS)
-        self.subtotals.append((det.item(), aux.item()))
+        criteria = self.stage_criteria("train")
+        with returned_terms(criteria["det"]) as det, returned_terms(criteria["aux"]) as aux:
+            loss = self.compute_losses({"det": (maps,), "aux": (maps,)}, targets)
+        self.subtotals.append((sum(det.values()), sum(aux.values())))
         self.totals.append(loss.item())
         return loss
 

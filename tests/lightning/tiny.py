@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import lightning as L
 import torch
 from torch import nn
@@ -38,6 +41,21 @@ def loader(n: int, offset: int = 0, batch_size: int = 2) -> DataLoader:
     return DataLoader(BoxesDataset(n, offset), batch_size=batch_size, collate_fn=collate)
 
 
+@contextmanager
+def returned_terms(criterion: nn.Module) -> Iterator[dict[str, float]]:
+    """Collects the terms ``criterion`` returns inside the block (a forward hook, removed on exit)."""
+    terms: dict[str, float] = {}
+
+    def record(module, inputs, output):
+        terms.update({term: value.item() for term, value in output.items()})
+
+    handle = criterion.register_forward_hook(record)
+    try:
+        yield terms
+    finally:
+        handle.remove()
+
+
 class TinyYOLOX(DetectionLossModule, L.LightningModule):
     """Two strides (8, 16) on 32×32 images; fused (B, 5 + C, H, W) outputs."""
 
@@ -55,10 +73,9 @@ class TinyYOLOX(DetectionLossModule, L.LightningModule):
 
     def _step(self, batch, stage):
         images, targets = batch
-        loss = self.compute_losses((self(images),), targets)
-        criterion = self.stage_criteria(stage)["criterion"]
-        values = {term: getattr(criterion, term)._forward_cache.item() for term in criterion.terms}
-        self.returned[stage].append({**values, "loss": loss.item()})
+        with returned_terms(self.stage_criteria(stage)["criterion"]) as terms:
+            loss = self.compute_losses((self(images),), targets)
+        self.returned[stage].append({**terms, "loss": loss.item()})
         return loss
 
     def training_step(self, batch, batch_idx):
