@@ -7,6 +7,7 @@ from contextlib import contextmanager
 
 import lightning as L
 import torch
+from lightning.pytorch.loggers import Logger
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
@@ -39,6 +40,42 @@ def collate(batch):
 
 def loader(n: int, offset: int = 0, batch_size: int = 2) -> DataLoader:
     return DataLoader(BoxesDataset(n, offset), batch_size=batch_size, collate_fn=collate)
+
+
+class Recorder(Logger):
+    """Keeps every ``log_metrics`` call: ``rows`` holds the metrics of each, as floats."""
+
+    name = "recorder"
+    version = 0
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rows: list[dict[str, float]] = []
+
+    def log_hyperparams(self, params, *args, **kwargs) -> None:
+        pass
+
+    def log_metrics(self, metrics, step=None) -> None:
+        self.rows.append({key: float(value) for key, value in metrics.items()})
+
+    def values(self, key: str) -> list[float]:
+        """Every value logged under ``key``, in order."""
+        return [row[key] for row in self.rows if key in row]
+
+
+def trainer(tmp_path, **kwargs) -> L.Trainer:
+    """A quiet CPU trainer; pass ``logger=Recorder()`` to keep what is logged (every step)."""
+    defaults = {
+        "accelerator": "cpu",
+        "logger": False,
+        "log_every_n_steps": 1,
+        "enable_checkpointing": False,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+        "num_sanity_val_steps": 0,
+        "default_root_dir": tmp_path,
+    }
+    return L.Trainer(**{**defaults, **kwargs})
 
 
 @contextmanager
