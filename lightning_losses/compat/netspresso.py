@@ -20,6 +20,9 @@ total, ``None`` meaning 1):
   split into x and y bins, against :func:`~lightning_losses.functional.simcc_gaussian_targets` of
   ``target["keypoints"]`` ``(N, K, 3)`` (σ 5.66, split ratio 2, weight = visibility); ``W`` comes from the
   prediction (NetsPresso fixes 512 bins, a 256 × 256 input, and fails for other head sizes).
+- ``yolov9_loss`` → ``YOLOv8Criterion(style="netspresso", strides=None, reg_max=…)`` on ``out["pred"]`` (or
+  ``out["pred"]["outputs"]``), ``target["gt"]``, with strides ``target["img_size"][-1] // W_l`` and the class count
+  ``channels - 4·reg_max``; ``l1_activate_epoch`` is accepted and ignored, as in NetsPresso.
 
 The criteria's class count is read from the outputs on the first call. Unlike NetsPresso's own
 ``yolox_loss``, ``yolofastest_loss`` and ``pidnet_loss``, nothing here modifies ``out`` or ``target``.
@@ -43,6 +46,7 @@ from lightning_losses.losses.pose import KLDiscretLoss
 from lightning_losses.presets.pidnet import PIDNetCriterion
 from lightning_losses.presets.retinanet import RetinaNetCriterion
 from lightning_losses.presets.yolofastest import YOLOFastestCriterion
+from lightning_losses.presets.yolov8 import YOLOv8Criterion
 from lightning_losses.presets.yolox import YOLOXCriterion
 from lightning_losses.registry import lookup_loss, register_dialect
 
@@ -159,6 +163,24 @@ def _call_rtmcc(module: Any, out: Mapping[str, Any], target: Mapping[str, Any]) 
     return {"": module((pred[..., :bins], pred[..., bins:]), (target_x, target_y), weight)}
 
 
+def _yolov9_maps(out: Mapping[str, Any]) -> Any:
+    pred = out["pred"]
+    return pred["outputs"] if isinstance(pred, Mapping) else pred  # NetsPresso's heads with auxiliary outputs
+
+
+def _build_yolov9(out: Mapping[str, Any], params: dict[str, Any]) -> nn.Module:
+    params = {k: v for k, v in params.items() if k != "l1_activate_epoch"}
+    reg_max = params.pop("reg_max", 16)
+    num_classes = int(_yolov9_maps(out)[0].shape[1]) - 4 * int(reg_max)
+    return YOLOv8Criterion(num_classes, strides=None, reg_max=reg_max, style="netspresso", **params)
+
+
+def _call_yolov9(module: Any, out: Mapping[str, Any], target: Mapping[str, Any]) -> dict[str, Tensor]:
+    size = target["img_size"]
+    image_size = (size, size) if isinstance(size, int) else tuple(size)
+    return module(_yolov9_maps(out), target["gt"], image_size=image_size)
+
+
 ADAPTERS: dict[str, Adapter] = {
     "yolox_loss": Adapter(YOLOXCriterion, frozenset({"num_classes", "strides"}), _build_yolox, _call_yolox),
     "retinanet_loss": Adapter(
@@ -183,6 +205,13 @@ ADAPTERS: dict[str, Adapter] = {
         frozenset({"beta", "label_softmax", "label_beta", "use_target_weight", "reduction", "loss_weight"}),
         _build_rtmcc,
         _call_rtmcc,
+    ),
+    "yolov9_loss": Adapter(
+        YOLOv8Criterion,
+        frozenset({"num_classes", "strides", "style"}),
+        _build_yolov9,
+        _call_yolov9,
+        ignored=frozenset({"l1_activate_epoch"}),
     ),
 }
 """NetsPresso's detector and segmentation criteria: one :class:`Adapter` each."""

@@ -179,8 +179,8 @@ def test_repeated_criteria_are_suffixed_and_all_counted():
 
 def test_unknown_criterion_and_bad_lists_raise():
     """Errors at the boundary: an unknown criterion is a KeyError naming the known ones; malformed lists fail."""
-    with pytest.raises(KeyError, match="yolov9_loss"):
-        build_losses([{"criterion": "yolov9_loss", "weight": None}])
+    with pytest.raises(KeyError, match="yolov42_loss"):
+        build_losses([{"criterion": "yolov42_loss", "weight": None}])
     with pytest.raises(ValueError, match="criterion"):
         build_losses([{"weight": 1.0}])
     with pytest.raises(TypeError):
