@@ -11,11 +11,13 @@ from lightning_losses.lightning import DetectionLossModule
 from lightning_losses.losses import LossMetric
 from lightning_losses.presets import (
     ATSSCriterion,
+    DETRCriterion,
     FCOSCriterion,
     GFLCriterion,
     PIDNetCriterion,
     RetinaNetCriterion,
     YOLOFastestCriterion,
+    YOLOv8Criterion,
     YOLOXCriterion,
 )
 from lightning_losses.registry import LOSSES, build_loss, list_losses
@@ -27,6 +29,7 @@ globals().update({name: getattr(losses, name) for name in losses.__all__})
 __all__ = [
     "LOSSES",
     "ATSSCriterion",
+    "DETRCriterion",
     "DetectionLossModule",
     "FCOSCriterion",
     "GFLCriterion",
@@ -35,6 +38,7 @@ __all__ = [
     "RetinaNetCriterion",
     "YOLOFastestCriterion",
     "YOLOXCriterion",
+    "YOLOv8Criterion",
     "build_loss",
     "compat",
     "functional",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
@@ -11,7 +12,7 @@ from torch import Tensor
 from lightning_losses.functional.iou import bbox_overlaps
 from lightning_losses.serialization import RecordsInit
 
-__all__ = ["CLASS_COSTS", "HungarianMatcher", "cxcywh_to_xyxy", "xyxy_to_cxcywh"]
+__all__ = ["CLASS_COSTS", "HungarianMatcher", "SetMatch", "cxcywh_to_xyxy", "denoising_match", "xyxy_to_cxcywh"]
 
 CLASS_COSTS = ("focal", "softmax")
 NONFINITE_COST = 1e8
@@ -38,6 +39,71 @@ def xyxy_to_cxcywh(boxes: Tensor) -> Tensor:
     """
     low, high = boxes[..., :2], boxes[..., 2:]
     return torch.cat([(low + high) / 2, high - low], dim=-1)
+
+
+class SetMatch(NamedTuple):
+    """Matched (query, box) pairs of one set of predictions, ``(B, K)`` each, padded.
+
+    Attributes:
+        queries: query index of each pair (0 on padding).
+        boxes: index of the pair's box in the padded targets.
+        valid: which pairs are real.
+        groups: how many times each box is matched (the denoising groups; 1 for a Hungarian match).
+    """
+
+    queries: Tensor
+    boxes: Tensor
+    valid: Tensor
+    groups: int
+
+
+def denoising_match(
+    positive_idx: Sequence[Tensor], num_groups: int, mask: Tensor, counts: Sequence[int] | None = None
+) -> SetMatch:
+    """The pairs of denoising queries (DINO, RT-DETR) and the boxes they reconstruct: a match by construction.
+
+    ``positive_idx[b]`` holds the ``n_b·G`` positive denoising queries of image ``b``, group-major: entry
+    ``g·n_b + j`` reconstructs box ``j`` in group ``g`` (RT-DETR's ``dn_positive_idx``). The pairs are laid out
+    ``(B, G·M)`` over the padded targets' ``mask`` ``(B, M)`` with tensor ops only (no host sync). ``counts``, the
+    boxes per image known on the host, lets the length of each ``positive_idx[b]`` be checked.
+
+    Example:
+        >>> mask = torch.tensor([[True, True], [True, False]])
+        >>> match = denoising_match([torch.tensor([0, 1, 4, 5]), torch.tensor([0, 4])], 2, mask)
+        >>> match.queries, match.valid
+        (tensor([[0, 1, 4, 5],
+                [0, 0, 4, 0]]), tensor([[ True,  True,  True,  True],
+                [ True, False,  True, False]]))
+    """
+    batch, width = mask.shape
+    if not isinstance(positive_idx, Sequence) or len(positive_idx) != batch:
+        size = len(positive_idx) if isinstance(positive_idx, Sequence) else type(positive_idx).__name__
+        raise ValueError(f"`dn_positive_idx` must hold one tensor per image ({batch}), got {size}")
+    if isinstance(num_groups, bool) or not isinstance(num_groups, int) or num_groups < 1:
+        raise ValueError(f"`dn_num_group` must be a positive int, got {num_groups!r}")
+    for image, index in enumerate(positive_idx):
+        if not isinstance(index, Tensor) or index.ndim != 1 or index.is_floating_point():
+            what = f"shape {tuple(index.shape)}, {index.dtype}" if isinstance(index, Tensor) else type(index).__name__
+            raise ValueError(f"`dn_positive_idx[{image}]` must be a 1-D integer tensor, got {what}")
+        if counts is not None and index.numel() != counts[image] * num_groups:
+            raise ValueError(
+                f"`dn_positive_idx[{image}]` holds {index.numel()} queries for {counts[image]} boxes in "
+                f"{num_groups} groups (expected {counts[image] * num_groups})"
+            )
+    device = mask.device
+    flat = torch.cat([index.to(device=device, dtype=torch.long) for index in positive_idx])
+    counts = mask.sum(1)[:, None, None]
+    group = torch.arange(num_groups, device=device)[None, :, None]
+    box = torch.arange(width, device=device)[None, None, :].expand(batch, num_groups, width)
+    valid = box < counts
+    per_image = counts * num_groups
+    position = (torch.cumsum(per_image, 0) - per_image) + group * counts + box
+    if flat.numel():
+        queries = torch.where(valid, flat[position.clamp(max=flat.numel() - 1)], 0)
+    else:
+        queries = torch.zeros_like(box)
+    shape = (batch, num_groups * width)
+    return SetMatch(queries.reshape(shape), box.reshape(shape), valid.reshape(shape), num_groups)
 
 
 class HungarianMatcher(RecordsInit):

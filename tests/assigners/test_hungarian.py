@@ -1,56 +1,18 @@
 """HungarianMatcher: costs against a literal per-pair reference, assignments against brute force over every
 injective box → query map (small cases), and its bad-input behaviour.
 
-``ref_cost`` computes each (query, box) cost with Python scalars from the stated formulas: the focal class
-cost of Deformable DETR / RT-DETR with eps = 1e-8 inside the logarithms (or −softmax), the L1 distance of
-normalised ``cxcywh`` boxes and the GIoU of their corners written out from its definition.
+``cost_matrix`` (tests/references/detr.py) computes each (query, box) cost with Python scalars from the stated
+formulas: the focal class cost of Deformable DETR / RT-DETR with eps = 1e-8 inside the logarithms (or −softmax),
+the L1 distance of normalised ``cxcywh`` boxes and the GIoU of their corners written out from its definition.
 """
 
 from __future__ import annotations
-
-import itertools
-import math
 
 import pytest
 import torch
 
 from lightning_losses.assigners.hungarian import NONFINITE_COST, HungarianMatcher, cxcywh_to_xyxy, xyxy_to_cxcywh
-
-
-def ref_giou(a, b):
-    ax1, ay1, ax2, ay2 = a[0] - a[2] / 2, a[1] - a[3] / 2, a[0] + a[2] / 2, a[1] + a[3] / 2
-    bx1, by1, bx2, by2 = b[0] - b[2] / 2, b[1] - b[3] / 2, b[0] + b[2] / 2, b[1] + b[3] / 2
-    inter = max(0.0, min(ax2, bx2) - max(ax1, bx1)) * max(0.0, min(ay2, by2) - max(ay1, by1))
-    union = (ax2 - ax1) * (ay2 - ay1) + (bx2 - bx1) * (by2 - by1) - inter
-    hull = (max(ax2, bx2) - min(ax1, bx1)) * (max(ay2, by2) - min(ay1, by1))
-    return inter / union - (hull - union) / hull
-
-
-def ref_cost(logits, boxes, gts, labels, w_cls, w_bbox, w_giou, class_cost, alpha=0.25, gamma=2.0):
-    """(Q, M) cost of one image, one scalar at a time."""
-    logits, boxes, gts = logits.double().tolist(), boxes.double().tolist(), gts.double().tolist()
-    out = torch.zeros(len(logits), len(gts), dtype=torch.float64)
-    for q, (row, box) in enumerate(zip(logits, boxes, strict=True)):
-        for j, (gt, label) in enumerate(zip(gts, labels.tolist(), strict=True)):
-            if class_cost == "softmax":
-                c = -math.exp(row[label]) / sum(math.exp(v) for v in row)
-            else:
-                p = 1 / (1 + math.exp(-row[label]))
-                c = alpha * (1 - p) ** gamma * -math.log(p + 1e-8) - (1 - alpha) * p**gamma * -math.log(1 - p + 1e-8)
-            l1 = sum(abs(u - v) for u, v in zip(box, gt, strict=True))
-            out[q, j] = w_cls * c + w_bbox * l1 - w_giou * ref_giou(box, gt)
-    return out
-
-
-def brute_force(cost):
-    """Least total cost over every injective map box → query of a (Q, n) cost."""
-    queries, n = cost.shape
-    best, best_perm = math.inf, None
-    for perm in itertools.permutations(range(queries), n):
-        total = sum(float(cost[q, j]) for j, q in enumerate(perm))
-        if total < best:
-            best, best_perm = total, perm
-    return best, list(best_perm)
+from tests.references.detr import brute_force, cost_matrix
 
 
 def random_case(batch, queries, classes, width, seed):
@@ -74,7 +36,9 @@ def test_cost_matches_per_pair_reference(class_cost):
     assert cost.shape == (2, 5, 3)
     assert cost.dtype == torch.float32
     for b in range(2):
-        expected = ref_cost(logits[b], boxes[b], gts[b], labels[b], 1.5, 5.0, 2.0, class_cost, alpha=0.3)
+        expected = cost_matrix(
+            logits[b], boxes[b], gts[b], labels[b], weights=(1.5, 5.0, 2.0), class_cost=class_cost, alpha=0.3
+        )
         torch.testing.assert_close(cost[b].double(), expected, rtol=1e-5, atol=1e-5)
 
 
@@ -90,7 +54,7 @@ def test_assignment_is_optimal_against_brute_force(seed, class_cost):
     assert matched.shape == (len(counts), max(counts))
     assert matched.dtype == torch.int64
     for b, n in enumerate(counts):
-        cost = ref_cost(logits[b], boxes[b], gts[b, :n], labels[b, :n], 2.0, 5.0, 2.0, class_cost)
+        cost = cost_matrix(logits[b], boxes[b], gts[b, :n], labels[b, :n], class_cost=class_cost)
         best, perm = brute_force(cost)
         ours = matched[b, :n].tolist()
         assert len(set(ours)) == n  # one-to-one
@@ -138,10 +102,7 @@ def test_half_precision_and_extreme_logits(dtype):
     assert cost.dtype == torch.float32
     assert torch.isfinite(cost).all()
     expected = torch.stack(
-        [
-            ref_cost(logits[b].clamp(-60, 60), boxes[b].to(dtype), gts[b], labels[b], 2.0, 5.0, 2.0, "focal")
-            for b in (0, 1)
-        ]
+        [cost_matrix(logits[b].clamp(-60, 60), boxes[b].to(dtype), gts[b], labels[b]) for b in (0, 1)]
     )
     torch.testing.assert_close(cost.double(), expected, rtol=1e-3, atol=1e-3)
 

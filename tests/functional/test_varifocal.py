@@ -1,8 +1,8 @@
 """Varifocal loss against a literal MMDetection 3.x reference, hand-worked values and float64 gradcheck.
 
-``mm_varifocal`` below is written for these tests from MMDetection 3.x's ``varifocal_loss`` semantics, in
+``mm_varifocal`` (tests/references/detr.py) is written from MMDetection 3.x's ``varifocal_loss`` semantics, in
 that code's own style: 0/1 masks multiplied in (``target > 0``, ``target <= 0``), the sigmoid taken from
-the logits, ``binary_cross_entropy`` written out with ``logsigmoid`` (not the package's call) and
+the logits, the binary cross-entropy written out with ``logsigmoid`` (not the package's call) and
 ``weight_reduce_loss``'s ``sum / (avg_factor + eps32)``.
 """
 
@@ -12,46 +12,13 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch.autograd import gradcheck
 
 from lightning_losses.functional import varifocal_loss
+from tests.references.detr import mm_varifocal, soft_targets
 
 EPS32 = torch.finfo(torch.float32).eps
 LOG2 = math.log(2.0)
-
-
-def mm_reduce(loss, weight, reduction, avg_factor):
-    if weight is not None:
-        loss = loss * weight
-    if avg_factor is None:
-        return {"none": loss, "mean": loss.mean(), "sum": loss.sum()}[reduction]
-    if reduction == "mean":
-        return loss.sum() / (avg_factor + EPS32)
-    if reduction == "none":
-        return loss
-    raise ValueError("avg_factor can not be used with reduction='sum'")
-
-
-def mm_varifocal(
-    pred, target, weight=None, alpha=0.75, gamma=2.0, iou_weighted=True, reduction="mean", avg_factor=None
-):
-    pred_sigmoid = pred.sigmoid()
-    pos = (target > 0.0).to(pred.dtype)
-    neg = (target <= 0.0).to(pred.dtype)
-    scale = target * pos if iou_weighted else pos
-    focal_weight = scale + alpha * (pred_sigmoid - target).abs().pow(gamma) * neg
-    bce = -(target * F.logsigmoid(pred) + (1 - target) * F.logsigmoid(-pred))
-    return mm_reduce(bce * focal_weight, weight, reduction, avg_factor)
-
-
-def soft_targets(n: int, c: int, dtype=torch.float32) -> torch.Tensor:
-    """IoU-aware targets: one class per row holds an IoU in (0, 1), a third of the rows are negatives."""
-    target = torch.zeros(n, c, dtype=dtype)
-    rows = torch.arange(n)
-    target[rows, torch.randint(0, c, (n,))] = torch.rand(n, dtype=dtype) * 0.9 + 0.05
-    target[rows % 3 == 0] = 0.0
-    return target
 
 
 @pytest.fixture(autouse=True)

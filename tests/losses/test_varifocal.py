@@ -2,30 +2,17 @@
 
 ``MMVarifocalLoss`` is written for these tests from MMDetection 3.x's module semantics: ``use_sigmoid`` must
 be True, ``reduction_override`` picks the reduction, ``loss_weight`` multiplies the reduced value of the
-functional reference ``mm_varifocal`` (from tests/functional/test_varifocal.py).
+functional reference ``mm_varifocal`` (tests/references/detr.py).
 """
 
 from __future__ import annotations
-
-import importlib.util
-import pathlib
 
 import pytest
 import torch
 
 from lightning_losses import VarifocalLoss, build_loss, list_losses
 from lightning_losses.losses.base import LossMetric
-
-
-def _functional_reference():
-    path = pathlib.Path(__file__).parents[1] / "functional" / "test_varifocal.py"
-    spec = importlib.util.spec_from_file_location("_vfl_reference", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-REF = _functional_reference()
+from tests.references.detr import mm_varifocal, soft_targets
 
 
 class MMVarifocalLoss:
@@ -37,7 +24,7 @@ class MMVarifocalLoss:
 
     def __call__(self, pred, target, weight=None, avg_factor=None, reduction_override=None):
         reduction = reduction_override if reduction_override else self.reduction
-        return self.loss_weight * REF.mm_varifocal(
+        return self.loss_weight * mm_varifocal(
             pred, target, weight, self.alpha, self.gamma, self.iou_weighted, reduction, avg_factor
         )
 
@@ -54,7 +41,7 @@ def _seed():
 def test_module_matches_mmdet_reference(kwargs):
     ours, ref = VarifocalLoss(**kwargs), MMVarifocalLoss(**kwargs)
     pred = torch.randn(10, 6) * 2
-    target = REF.soft_targets(10, 6)
+    target = soft_targets(10, 6)
     weight = torch.rand(10, 6)
     torch.testing.assert_close(ours(pred, target), ref(pred, target))
     torch.testing.assert_close(ours(pred, target, weight), ref(pred, target, weight))
@@ -69,13 +56,13 @@ def test_module_matches_mmdet_reference(kwargs):
 
 def test_running_mean_is_the_mean_of_returned_values():
     loss = VarifocalLoss(loss_weight=2.0)
-    values = [loss(torch.randn(4, 3), REF.soft_targets(4, 3)) for _ in range(3)]
+    values = [loss(torch.randn(4, 3), soft_targets(4, 3)) for _ in range(3)]
     torch.testing.assert_close(loss.compute(), torch.stack(values).mean())
 
 
 def test_three_config_dialects_build_it():
     assert "VarifocalLoss" in list_losses()
-    pred, target = torch.randn(5, 4), REF.soft_targets(5, 4)
+    pred, target = torch.randn(5, 4), soft_targets(5, 4)
     expected = MMVarifocalLoss(alpha=0.5, loss_weight=3.0)(pred, target)
     for cfg in (
         {"type": "VarifocalLoss", "alpha": 0.5, "loss_weight": 3.0},
