@@ -23,6 +23,18 @@ total, ``None`` meaning 1):
 - ``yolov9_loss`` → ``YOLOv8Criterion(style="netspresso", strides=None, reg_max=…)`` on ``out["pred"]`` (or
   ``out["pred"]["outputs"]``), ``target["gt"]``, with strides ``target["img_size"][-1] // W_l`` and the class count
   ``channels - 4·reg_max``; ``l1_activate_epoch`` is accepted and ignored, as in NetsPresso.
+- ``detr_loss`` → ``DETRCriterion`` on ``out["pred"]`` laid out ``[boxes (4), logits]``, ``out["aux_pred"]`` (the
+  auxiliary decoder layers, then the encoder proposals: all named ``_aux_<i>``, as in NetsPresso),
+  ``out["dn_aux_pred"]``, ``out["dn_meta"]``, ``target["gt"]`` normalised by ``target["img_size"]``. ``matcher``
+  (``weight_dict`` costs, ``alpha``, ``gamma``, ``use_focal_loss``) builds the ``HungarianMatcher``; ``losses`` picks
+  the classification term (``vfl`` → ``VarifocalLoss`` with its focal factor detached, ``focal`` →
+  ``SigmoidFocalLoss``, ``labels`` → softmax cross-entropy over ``num_classes + 1`` logits, no-object weight 1e-4)
+  and ``boxes`` the L1 and GIoU terms; ``weight_dict`` gives each term's ``loss_weight`` and a term it omits weighs
+  0, as NetsPresso drops it; ``cardinality`` is a logged metric there and ignored here. Differences: the caller's
+  targets are not normalised in place; ``focal`` runs (NetsPresso passes an integer one-hot target to
+  torchvision's focal loss, which fails); ``labels`` averages its class-weight sum over DDP ranks like the other
+  normalisers. The number of denoising layers is read from the first call (``aux_pred``'s length without denoising
+  outputs, RT-DETR's layout).
 
 The criteria's class count is read from the outputs on the first call. Unlike NetsPresso's own
 ``yolox_loss``, ``yolofastest_loss`` and ``pidnet_loss``, nothing here modifies ``out`` or ``target``.
@@ -39,10 +51,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lightning_losses.assigners.hungarian import HungarianMatcher
 from lightning_losses.functional.pose import simcc_gaussian_targets
 from lightning_losses.losses.base import LossMetric
 from lightning_losses.losses.classification import CrossEntropyLoss, SigmoidFocalLoss
+from lightning_losses.losses.iou import GIoULoss
 from lightning_losses.losses.pose import KLDiscretLoss
+from lightning_losses.losses.regression import L1Loss
+from lightning_losses.losses.varifocal import VarifocalLoss
+from lightning_losses.presets.detr import DETRCriterion
 from lightning_losses.presets.pidnet import PIDNetCriterion
 from lightning_losses.presets.retinanet import RetinaNetCriterion
 from lightning_losses.presets.yolofastest import YOLOFastestCriterion
@@ -80,14 +97,15 @@ class Adapter:
     """How one NetsPresso detector / segmentation ``criterion`` is built and fed from NetsPresso's dicts.
 
     Attributes:
-        cls: the criterion class; the entry's parameters are checked against its signature at build time.
+        cls: the criterion class (or a builder taking NetsPresso's fields); the entry's parameters are checked
+            against its signature at build time.
         fixed: parameters the adapter sets itself (a config may not give them).
         build: ``(out, params) -> criterion``, called on the first forward (class counts come from ``out``).
         call: ``(criterion, out, target) -> {term: tensor}``.
         ignored: NetsPresso parameters accepted and dropped (they change nothing there either).
     """
 
-    cls: type[nn.Module]
+    cls: Callable[..., nn.Module]
     fixed: frozenset[str]
     build: Callable[[Mapping[str, Any], dict[str, Any]], nn.Module]
     call: Callable[[Any, Mapping[str, Any], Mapping[str, Any]], dict[str, Tensor]]
@@ -215,6 +233,89 @@ ADAPTERS: dict[str, Adapter] = {
     ),
 }
 """NetsPresso's detector and segmentation criteria: one :class:`Adapter` each."""
+
+_DETR_CLASSIFICATIONS = {"vfl": "vfl", "focal": "focal", "labels": "ce"}
+
+
+def _detr_loss(
+    num_classes: int,
+    num_aux_layers: int,
+    num_dn_layers: int,
+    matcher: Mapping[str, Any],
+    weight_dict: Mapping[str, float],
+    losses: Sequence[str],
+    alpha: float = 0.2,
+    gamma: float = 2.0,
+    cur_epoch: int | None = None,
+) -> DETRCriterion:
+    """NetsPresso Trainer 1.4.1's ``detr_loss`` fields as a :class:`~lightning_losses.DETRCriterion` (see above);
+    ``cur_epoch`` is accepted and ignored, as there."""
+    if not isinstance(matcher, Mapping) or not {"weight_dict", "alpha", "gamma", "use_focal_loss"} <= set(matcher):
+        got = sorted(matcher) if isinstance(matcher, Mapping) else type(matcher).__name__
+        raise ValueError(f"`matcher` needs 'weight_dict', 'alpha', 'gamma' and 'use_focal_loss', got {got}")
+    if matcher.get("type", "HungarianMatcher") != "HungarianMatcher":
+        raise ValueError(f"`matcher.type` must be 'HungarianMatcher', got {matcher['type']!r}")
+    costs = matcher["weight_dict"]
+    unknown = sorted(set(losses) - {*_DETR_CLASSIFICATIONS, "boxes", "cardinality"})
+    kinds = [_DETR_CLASSIFICATIONS[name] for name in losses if name in _DETR_CLASSIFICATIONS]
+    if unknown or len(kinds) != 1:
+        raise ValueError(f"`losses` must name one of 'vfl', 'focal', 'labels' (and 'boxes'), got {list(losses)}")
+    classification = kinds[0]
+    boxes = "boxes" in losses
+
+    def weight(term: str, on: bool = True) -> float:
+        return float(weight_dict.get(term, 0.0)) if on else 0.0
+
+    cls_weight = weight(f"loss_{classification}")
+    if classification == "vfl":
+        loss_cls = VarifocalLoss(alpha=alpha, gamma=gamma, detach_focal_weight=True, loss_weight=cls_weight)
+    elif classification == "focal":
+        loss_cls = SigmoidFocalLoss(alpha=alpha, gamma=gamma, loss_weight=cls_weight)
+    else:
+        loss_cls = CrossEntropyLoss(class_weight=[1.0] * num_classes + [1e-4], loss_weight=cls_weight)
+    return DETRCriterion(
+        num_classes,
+        classification=classification,
+        matcher=HungarianMatcher(
+            costs["cost_class"],
+            costs["cost_bbox"],
+            costs["cost_giou"],
+            "focal" if matcher["use_focal_loss"] else "softmax",
+            matcher["alpha"],
+            matcher["gamma"],
+        ),
+        loss_cls=loss_cls,
+        loss_bbox=L1Loss(loss_weight=weight("loss_bbox", boxes)),
+        loss_giou=GIoULoss(loss_weight=weight("loss_giou", boxes)),
+        num_aux_layers=num_aux_layers,
+        num_dn_layers=num_dn_layers,
+        eos_coef=1e-4,
+    )
+
+
+def _build_detr(out: Mapping[str, Any], params: dict[str, Any]) -> nn.Module:
+    columns = int(out["pred"].shape[-1]) - 4 - ("labels" in params.get("losses", ()))
+    aux = out.get("aux_pred") or []
+    dn = out.get("dn_aux_pred")
+    return _detr_loss(columns, len(aux), len(aux) if dn is None else len(dn), **params)
+
+
+def _call_detr(module: Any, out: Mapping[str, Any], target: Mapping[str, Any]) -> dict[str, Tensor]:
+    pred = out["pred"]
+    return module(
+        pred[..., 4:],
+        pred[..., :4],
+        target["gt"],
+        image_size=target["img_size"],
+        aux_outputs=out.get("aux_pred"),
+        dn_outputs=out.get("dn_aux_pred"),
+        dn_meta=out.get("dn_meta"),
+    )
+
+
+ADAPTERS["detr_loss"] = Adapter(
+    _detr_loss, frozenset({"num_classes", "num_aux_layers", "num_dn_layers"}), _build_detr, _call_detr
+)
 
 CRITERIA = (*NETSPRESSO_LOSSES, *ADAPTERS)
 """Every NetsPresso ``criterion`` name this module builds."""
