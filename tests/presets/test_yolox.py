@@ -17,17 +17,10 @@ import torch.nn.functional as F
 
 from lightning_losses import YOLOXCriterion
 
+pytestmark = pytest.mark.usefixtures("single_intra_op_thread")
+
 STRIDES = (8, 16, 32)
 IMAGE = 128
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small tensors: one intra-op thread avoids oversubscription on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 # --------------------------------------------------------------------------------------------------
