@@ -74,8 +74,9 @@ def ohem_cross_entropy(
         min_value = torch.where(num_valid - 1 < min_kept, largest_valid, kth)
         threshold = torch.clamp(min_value, min=thres)
         kept = valid & (prob < threshold)
-    # Summed in float32: half-precision sums of a 640² batch overflow.
-    return (pixel_loss * kept).sum(dtype=torch.float32) / kept.sum(dtype=torch.float32).clamp(min=1)
+    # Summed in (at least) float32: half-precision sums of a 640² batch overflow.
+    dtype = torch.promote_types(pred.dtype, torch.float32)
+    return (pixel_loss * kept).sum(dtype=dtype) / kept.sum(dtype=dtype).clamp(min=1)
 
 
 def balanced_boundary_bce(pred: Tensor, target: Tensor) -> Tensor:
@@ -103,14 +104,15 @@ def balanced_boundary_bce(pred: Tensor, target: Tensor) -> Tensor:
         raise ValueError(
             f"`pred` {tuple(pred.shape)} and `target` {tuple(target.shape)} must match (pred may have a channel of 1)"
         )
-    # Counts, weights and the mean in float32: a 640² half-precision batch has more pixels than fp16 holds.
+    # Counts, weights and the mean in (at least) float32: a 640² fp16 batch has more pixels than fp16 holds.
     positive = target == 1
     negative = target == 0
-    num_pos = positive.sum(dtype=torch.float32)
-    num_neg = negative.sum(dtype=torch.float32)
+    dtype = torch.promote_types(pred.dtype, torch.float32)
+    num_pos = positive.sum(dtype=dtype)
+    num_neg = negative.sum(dtype=dtype)
     total = (num_pos + num_neg).clamp(min=1)
     weight = positive * (num_neg / total) + negative * (num_pos / total)
-    return F.binary_cross_entropy_with_logits(pred.float(), target.float(), weight=weight, reduction="mean")
+    return F.binary_cross_entropy_with_logits(pred.to(dtype), target.to(dtype), weight=weight, reduction="mean")
 
 
 def boundary_from_mask(target: Tensor, ignore_index: int = 255, kernel_size: int = 3) -> Tensor:

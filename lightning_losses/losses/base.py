@@ -10,7 +10,7 @@ import torch
 from torch import Tensor, nn
 from torchmetrics import Metric
 
-from lightning_losses.functional.reduction import check_reduction
+from lightning_losses.functional.reduction import check_reduction, zero_weight_shortcut
 from lightning_losses.serialization import RecordsInit
 
 __all__ = ["LossMetric", "zero_weight_shortcut"]
@@ -180,21 +180,3 @@ class LossMetric(RecordsInit, Metric):
 
     def extra_repr(self) -> str:
         return f"reduction={self.reduction!r}, loss_weight={self.loss_weight}"
-
-
-def zero_weight_shortcut(loss: Tensor, pred: Tensor, weight: Tensor | None) -> Tensor:
-    """MMDetection's box-loss rule: when ``weight`` has no positive entry, return ``(pred * weight).sum()``.
-
-    That value is a 0-dim zero (for non-negative weights) that carries a graph to ``pred`` and skips
-    ``loss_weight``. For a scalar ``loss`` the choice is made on the device (no host sync); for an
-    element-wise loss (``reduction="none"``) the result's shape depends on it, so one boolean is read
-    back, as the reference does.
-    """
-    if weight is None:
-        return loss
-    # Σ_i w_i Σ_k pred_ik for a per-row weight: no pred-sized temporary in the forward.
-    shortcut = (pred.sum(-1) * weight).sum() if pred.dim() == weight.dim() + 1 else (pred * weight).sum()
-    has_positive = (weight > 0).any()
-    if loss.ndim == 0:
-        return torch.where(has_positive, loss, shortcut.to(loss.dtype))
-    return loss if bool(has_positive) else shortcut
