@@ -12,6 +12,7 @@ from torch import nn
 
 from lightning_losses import DetectionLossModule
 from lightning_losses.lightning import STAGES
+from lightning_losses.lightning.stages import STAGE_SLOTS
 from tests.lightning.tiny import Recorder, TinyYOLOX, loader, returned_terms, trainer
 
 
@@ -85,7 +86,7 @@ def test_predict_computes_with_the_test_copy_logs_nothing_and_leaves_no_state(tm
     assert not any("loss" in key for row in recorder.rows for key in row)
     for stage in STAGES:
         assert _calls(model, stage) == [0, 0, 0, 0]
-        assert model.loss_stages[{"train": "fit"}.get(stage, stage)].total.num_calls.item() == 0
+        assert model.loss_stages[STAGE_SLOTS[stage]].total.num_calls.item() == 0
 
 
 def test_without_a_trainer_the_stage_is_train():
