@@ -1,11 +1,7 @@
 """Functional classification losses against MMDetection 3.x, torch / torchvision and hand-worked values.
 
-The ``mm_*`` functions below are literal references written for these tests from MMDetection 3.x's
-formulas (``mmdet/models/losses/{utils,cross_entropy_loss,focal_loss,gfocal_loss}.py``), in that
-code's own style: unmasked element losses, one-hot rows filled through ``nonzero``, positives
-overwritten by index, and ``weight_reduce_loss``'s ``sum / (avg_factor + eps32)``. The
-cross-entropies are written out with ``log_softmax`` / ``logsigmoid`` so they do not share the
-package's calls to ``F.cross_entropy`` / ``F.binary_cross_entropy_with_logits``.
+The ``mm_*`` functions are literal references written from MMDetection 3.x's formulas, in that code's own
+style (``tests/references/mmdet_classification.py``).
 """
 
 from __future__ import annotations
@@ -28,6 +24,16 @@ from lightning_losses.functional import (
     quality_focal_loss,
     sigmoid_focal_loss,
 )
+from tests.references.mmdet_classification import (
+    mm_binary_cross_entropy,
+    mm_cross_entropy,
+    mm_distribution_focal_loss,
+    mm_mask_cross_entropy,
+    mm_py_sigmoid_focal_loss,
+    mm_quality_focal_loss,
+    mm_quality_focal_loss_tensor_target,
+)
+from tests.references.mmdet_losses import weight_reduce_loss as mm_weight_reduce_loss
 
 EPS32 = torch.finfo(torch.float32).eps
 N, C = 9, 5
@@ -64,193 +70,6 @@ def assert_matches(ours, ref):
             actual = ours(reduction, avg_factor)
             assert actual.shape == expected.shape, case
             assert_close(actual, expected, msg=lambda m, case=case: f"{case}: {m}")
-
-
-# ------------------------------------------------------------------------------------------------
-# MMDetection 3.x references
-# ------------------------------------------------------------------------------------------------
-
-
-def mm_reduce_loss(loss, reduction):
-    enum = {"none": 0, "mean": 1, "sum": 2}[reduction]
-    if enum == 0:
-        return loss
-    if enum == 1:
-        return loss.mean()
-    return loss.sum()
-
-
-def mm_weight_reduce_loss(loss, weight=None, reduction="mean", avg_factor=None):
-    if weight is not None:
-        loss = loss * weight
-    if avg_factor is None:
-        return mm_reduce_loss(loss, reduction)
-    if reduction == "mean":
-        return loss.sum() / (avg_factor + EPS32)
-    if reduction != "none":
-        raise ValueError('avg_factor can not be used with reduction="sum"')
-    return loss
-
-
-def mm_cross_entropy(
-    pred,
-    label,
-    weight=None,
-    reduction="mean",
-    avg_factor=None,
-    class_weight=None,
-    ignore_index=-100,
-    avg_non_ignore=False,
-    label_smoothing=0.0,
-):
-    """``cross_entropy`` with the softmax CE written out; ``label_smoothing`` with torch's meaning."""
-    ignore_index = -100 if ignore_index is None else ignore_index
-    num_classes = pred.size(1)
-    log_p = pred.log_softmax(dim=1)
-    cw_shape = (1, num_classes) + (1,) * (pred.dim() - 2)
-    cw = torch.ones(cw_shape) if class_weight is None else class_weight.view(cw_shape)
-    if label.is_floating_point():
-        smoothed = label * (1 - label_smoothing) + label_smoothing / num_classes
-        loss = -(cw * smoothed * log_p).sum(dim=1)
-    else:
-        valid = label != ignore_index
-        safe = torch.where(valid, label, torch.zeros_like(label))
-        w_y = cw.expand_as(pred).gather(1, safe.unsqueeze(1)).squeeze(1)
-        nll = -log_p.gather(1, safe.unsqueeze(1)).squeeze(1) * w_y
-        uniform = -(cw * log_p).sum(dim=1) / num_classes
-        loss = (1 - label_smoothing) * nll + label_smoothing * uniform
-        loss = torch.where(valid, loss, torch.zeros_like(loss))
-        if avg_factor is None and avg_non_ignore and reduction == "mean":
-            avg_factor = label.numel() - (label == ignore_index).sum().item()
-    if weight is not None:
-        weight = weight.float()
-    return mm_weight_reduce_loss(loss, weight, reduction, avg_factor)
-
-
-def mm_bce_elementwise(pred, target, pos_weight=None):
-    """-[p_w · y · log σ(x) + (1 - y) · log(1 - σ(x))]."""
-    pos = F.logsigmoid(pred) * target
-    if pos_weight is not None:
-        pos = pos * pos_weight
-    return -(pos + (1 - target) * F.logsigmoid(-pred))
-
-
-def mm_bce_prob(prob, target):
-    return -(target * prob.log() + (1 - target) * torch.log1p(-prob))
-
-
-def mm_expand_onehot_labels(labels, label_weights, label_channels, ignore_index):
-    bin_labels = labels.new_full((labels.size(0), label_channels), 0)
-    valid_mask = (labels >= 0) & (labels != ignore_index)
-    inds = torch.nonzero(valid_mask & (labels < label_channels), as_tuple=False).squeeze(1)
-    if inds.numel() > 0:
-        bin_labels[inds, labels[inds]] = 1
-    valid_mask = valid_mask.view(-1, 1).expand(labels.size(0), label_channels).float()
-    if label_weights is None:
-        bin_label_weights = valid_mask
-    elif label_weights.dim() == 1:
-        bin_label_weights = label_weights.view(-1, 1).repeat(1, label_channels)
-        bin_label_weights *= valid_mask
-    else:  # (N, C) element weights: not in MMDetection (which takes (N,)); the natural extension
-        bin_label_weights = label_weights * valid_mask
-    return bin_labels, bin_label_weights, valid_mask
-
-
-def mm_binary_cross_entropy(
-    pred,
-    label,
-    weight=None,
-    reduction="mean",
-    avg_factor=None,
-    class_weight=None,
-    ignore_index=-100,
-    avg_non_ignore=False,
-):
-    ignore_index = -100 if ignore_index is None else ignore_index
-    if pred.dim() != label.dim():
-        label, weight, valid_mask = mm_expand_onehot_labels(label, weight, pred.size(-1), ignore_index)
-    else:
-        valid_mask = ((label >= 0) & (label != ignore_index)).float()
-        weight = valid_mask if weight is None else weight * valid_mask
-    if avg_factor is None and avg_non_ignore and reduction == "mean":
-        avg_factor = valid_mask.sum().item()
-    weight = weight.float()
-    loss = mm_bce_elementwise(pred, label.float(), class_weight)
-    return mm_weight_reduce_loss(loss, weight, reduction, avg_factor)
-
-
-def mm_mask_cross_entropy(pred, target, label, reduction="mean", avg_factor=None, class_weight=None):
-    """MMDetection's slice-and-BCE; ``class_weight`` per RoI class (the package's documented meaning)."""
-    inds = torch.arange(0, pred.size(0), dtype=torch.long)
-    pred_slice = pred[inds, label]
-    loss = mm_bce_elementwise(pred_slice, target)
-    weight = None if class_weight is None else class_weight[label].view(-1, 1, 1)
-    return mm_weight_reduce_loss(loss, weight, reduction, avg_factor)
-
-
-def mm_py_sigmoid_focal_loss(
-    pred, target, weight=None, gamma=2.0, alpha=0.25, reduction="mean", avg_factor=None, activated=False
-):
-    """``py_sigmoid_focal_loss`` / ``py_focal_loss_with_prob``; ``alpha=None`` drops the balance."""
-    if pred.dim() != target.dim():
-        num_classes = pred.size(1)
-        target = F.one_hot(target, num_classes=num_classes + 1)[:, :num_classes]
-    target = target.type_as(pred)
-    prob = pred if activated else pred.sigmoid()
-    pt = (1 - prob) * target + prob * (1 - target)
-    balance = 1.0 if alpha is None else alpha * target + (1 - alpha) * (1 - target)
-    focal_weight = balance * pt.pow(gamma)
-    bce = mm_bce_prob(pred, target) if activated else mm_bce_elementwise(pred, target)
-    loss = bce * focal_weight
-    if weight is not None:
-        if weight.shape != loss.shape:
-            if weight.size(0) == loss.size(0):
-                weight = weight.view(-1, 1)
-            else:
-                assert weight.numel() == loss.numel()
-                weight = weight.view(loss.size(0), -1)
-        assert weight.ndim == loss.ndim
-    return mm_weight_reduce_loss(loss, weight, reduction, avg_factor)
-
-
-def _bce(pred, target, activated):
-    return mm_bce_prob(pred, target) if activated else mm_bce_elementwise(pred, target)
-
-
-def mm_quality_focal_loss(pred, target, beta=2.0, activated=False):
-    """``quality_focal_loss`` / ``quality_focal_loss_with_prob``: negatives for all, positives overwritten."""
-    label, score = target
-    prob = pred if activated else pred.sigmoid()
-    scale_factor = prob
-    zerolabel = scale_factor.new_zeros(pred.shape)
-    loss = _bce(pred, zerolabel, activated) * scale_factor.pow(beta)
-    bg_class_ind = pred.size(1)
-    pos = ((label >= 0) & (label < bg_class_ind)).nonzero().squeeze(1)
-    pos_label = label[pos].long()
-    scale_factor = score[pos] - prob[pos, pos_label]
-    loss[pos, pos_label] = _bce(pred[pos, pos_label], score[pos], activated) * scale_factor.abs().pow(beta)
-    return loss.sum(dim=1, keepdim=False)
-
-
-def mm_quality_focal_loss_tensor_target(pred, target, beta=2.0, activated=False):
-    prob = pred if activated else pred.sigmoid()
-    target = target.type(pred.dtype)
-    loss = _bce(pred, torch.zeros_like(pred), activated) * prob.pow(beta)
-    pos = target != 0
-    scale_factor = target[pos] - prob[pos]
-    loss[pos] = _bce(pred[pos], target[pos], activated) * scale_factor.abs().pow(beta)
-    return loss.sum(dim=1, keepdim=False)
-
-
-def mm_distribution_focal_loss(pred, label):
-    dis_left = label.long()
-    dis_right = dis_left + 1
-    weight_left = dis_right.float() - label
-    weight_right = label - dis_left.float()
-    return (
-        F.cross_entropy(pred, dis_left, reduction="none") * weight_left
-        + F.cross_entropy(pred, dis_right, reduction="none") * weight_right
-    )
 
 
 # ------------------------------------------------------------------------------------------------

@@ -10,79 +10,17 @@ import torchvision.ops as tvo
 
 from lightning_losses.functional import bbox_overlaps, ciou_loss, diou_loss, giou_loss, iou_loss
 from tests.references.mmdet_boxes import bbox_overlaps as mmdet_bbox_overlaps
+from tests.references.mmdet_losses import mmdet_ciou_loss, mmdet_diou_loss, mmdet_giou_loss, mmdet_iou_loss
+from tests.references.mmdet_losses import weight_reduce_loss as mmdet_weight_reduce_loss
 
 EPS32 = torch.finfo(torch.float32).eps
 F64 = torch.float64
 
 
 # --------------------------------------------------------------------------------------------------
-# Independent reference: MMDetection 3.x, written out from its formulas (structures/bbox/bbox_overlaps.py in
-# tests/references/mmdet_boxes.py, models/losses/iou_loss.py, models/losses/utils.py). Kept literal: no shared
-# helper with the package.
+# Independent reference: MMDetection 3.x, written out from its formulas (bbox_overlaps.py, iou_loss.py and
+# utils.py in tests/references/mmdet_boxes.py and mmdet_losses.py). Kept literal: no shared helper with the package.
 # --------------------------------------------------------------------------------------------------
-def mmdet_iou_loss(pred, target, mode="log", eps=1e-6):
-    """iou_loss: aligned IoU (union eps fixed at the default 1e-6), then clamp(min=eps) before the mode."""
-    ious = mmdet_bbox_overlaps(pred, target, is_aligned=True).clamp(min=eps)
-    if mode == "linear":
-        return 1 - ious
-    if mode == "square":
-        return 1 - ious**2
-    return -ious.log()
-
-
-def mmdet_giou_loss(pred, target, eps=1e-7):
-    """giou_loss: the loss eps is handed to bbox_overlaps (union and enclosure clamp)."""
-    return 1 - mmdet_bbox_overlaps(pred, target, mode="giou", is_aligned=True, eps=eps)
-
-
-def _mmdet_diou_parts(pred, target, eps):
-    lt = torch.max(pred[:, :2], target[:, :2])
-    rb = torch.min(pred[:, 2:], target[:, 2:])
-    wh = (rb - lt).clamp(min=0)
-    overlap = wh[:, 0] * wh[:, 1]
-    ap = (pred[:, 2] - pred[:, 0]) * (pred[:, 3] - pred[:, 1])
-    ag = (target[:, 2] - target[:, 0]) * (target[:, 3] - target[:, 1])
-    union = ap + ag - overlap + eps
-    ious = overlap / union
-    enclose_x1y1 = torch.min(pred[:, :2], target[:, :2])
-    enclose_x2y2 = torch.max(pred[:, 2:], target[:, 2:])
-    enclose_wh = (enclose_x2y2 - enclose_x1y1).clamp(min=0)
-    c2 = enclose_wh[:, 0] ** 2 + enclose_wh[:, 1] ** 2 + eps
-    left = ((target[:, 0] + target[:, 2]) - (pred[:, 0] + pred[:, 2])) ** 2 / 4
-    right = ((target[:, 1] + target[:, 3]) - (pred[:, 1] + pred[:, 3])) ** 2 / 4
-    return ious, (left + right) / c2
-
-
-def mmdet_diou_loss(pred, target, eps=1e-7):
-    """diou_loss: eps added (not clamped) to the union and to c²."""
-    ious, penalty = _mmdet_diou_parts(pred, target, eps)
-    return 1 - (ious - penalty)
-
-
-def mmdet_ciou_loss(pred, target, eps=1e-7):
-    """ciou_loss: eps on both heights, α = [IoU > 0.5]·v/(1 − IoU + v) without grad, 1 − clamp(CIoU, −1, 1)."""
-    ious, penalty = _mmdet_diou_parts(pred, target, eps)
-    w1, h1 = pred[:, 2] - pred[:, 0], pred[:, 3] - pred[:, 1] + eps
-    w2, h2 = target[:, 2] - target[:, 0], target[:, 3] - target[:, 1] + eps
-    v = (4 / math.pi**2) * torch.pow(torch.atan(w2 / h2) - torch.atan(w1 / h1), 2)
-    with torch.no_grad():
-        alpha = (ious > 0.5).float() * v / (1 - ious + v)
-    cious = ious - (penalty + alpha * v)
-    return 1 - cious.clamp(min=-1.0, max=1.0)
-
-
-def mmdet_weight_reduce_loss(loss, weight=None, reduction="mean", avg_factor=None):
-    """weight_reduce_loss: × weight, then reduce; avg_factor → Σ / (avg_factor + float32 eps)."""
-    if weight is not None:
-        loss = loss * weight
-    if avg_factor is None:
-        return {"none": loss, "mean": loss.mean(), "sum": loss.sum()}[reduction]
-    if reduction == "mean":
-        return loss.sum() / (avg_factor + torch.finfo(torch.float32).eps)
-    assert reduction == "none"
-    return loss
-
-
 # --------------------------------------------------------------------------------------------------
 # Box generators
 # --------------------------------------------------------------------------------------------------

@@ -1,9 +1,9 @@
 """Classification loss modules against MMDetection 3.x's module logic, torch / torchvision, and their functionals.
 
-``MMCrossEntropyLoss`` below is a literal reference of MMDetection 3.x's ``CrossEntropyLoss.forward``
-(reduction override, per-call ``ignore_index``, ``class_weight`` as a new tensor, ``loss_weight``
-after the reduction) over references of ``cross_entropy`` / ``binary_cross_entropy`` written for
-these tests in that code's style.
+``MMCrossEntropyLoss`` is a literal reference of MMDetection 3.x's ``CrossEntropyLoss.forward`` (reduction
+override, per-call ``ignore_index``, ``class_weight`` as a new tensor, ``loss_weight`` after the reduction)
+over ``cross_entropy`` / ``binary_cross_entropy`` written in that code's style
+(``tests/references/mmdet_classification.py``).
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from lightning_losses.functional import (
     quality_focal_loss,
     sigmoid_focal_loss,
 )
+from tests.references.mmdet_classification import MMCrossEntropyLoss
 
 EPS32 = torch.finfo(torch.float32).eps
 N, C = 8, 4
@@ -46,117 +47,6 @@ def assert_close(actual, expected, **kwargs):
     kwargs.setdefault("rtol", 1e-5)
     kwargs.setdefault("atol", 1e-6)
     torch.testing.assert_close(actual, expected, **kwargs)
-
-
-# ------------------------------------------------------------------------------------------------
-# MMDetection 3.x reference of CrossEntropyLoss
-# ------------------------------------------------------------------------------------------------
-
-
-def mm_weight_reduce_loss(loss, weight=None, reduction="mean", avg_factor=None):
-    if weight is not None:
-        loss = loss * weight
-    if avg_factor is None:
-        return {"none": loss, "mean": loss.mean(), "sum": loss.sum()}[reduction]
-    if reduction == "mean":
-        return loss.sum() / (avg_factor + EPS32)
-    if reduction != "none":
-        raise ValueError('avg_factor can not be used with reduction="sum"')
-    return loss
-
-
-def mm_cross_entropy(
-    pred,
-    label,
-    weight=None,
-    reduction="mean",
-    avg_factor=None,
-    class_weight=None,
-    ignore_index=-100,
-    avg_non_ignore=False,
-):
-    ignore_index = -100 if ignore_index is None else ignore_index
-    log_p = pred.log_softmax(dim=1)
-    valid = label != ignore_index
-    safe = torch.where(valid, label, torch.zeros_like(label))
-    loss = -log_p.gather(1, safe[:, None])[:, 0]
-    if class_weight is not None:
-        loss = loss * class_weight[safe]
-    loss = torch.where(valid, loss, torch.zeros_like(loss))
-    if avg_factor is None and avg_non_ignore and reduction == "mean":
-        avg_factor = label.numel() - (label == ignore_index).sum().item()
-    if weight is not None:
-        weight = weight.float()
-    return mm_weight_reduce_loss(loss, weight, reduction, avg_factor)
-
-
-def mm_binary_cross_entropy(
-    pred,
-    label,
-    weight=None,
-    reduction="mean",
-    avg_factor=None,
-    class_weight=None,
-    ignore_index=-100,
-    avg_non_ignore=False,
-):
-    ignore_index = -100 if ignore_index is None else ignore_index
-    if pred.dim() != label.dim():
-        num_classes = pred.size(-1)
-        bin_labels = label.new_full((label.size(0), num_classes), 0)
-        valid_mask = (label >= 0) & (label != ignore_index)
-        inds = torch.nonzero(valid_mask & (label < num_classes), as_tuple=False).squeeze(1)
-        if inds.numel() > 0:
-            bin_labels[inds, label[inds]] = 1
-        valid_mask = valid_mask.view(-1, 1).expand(label.size(0), num_classes).float()
-        weight = valid_mask if weight is None else weight.view(-1, 1).repeat(1, num_classes) * valid_mask
-        label = bin_labels
-    else:
-        valid_mask = ((label >= 0) & (label != ignore_index)).float()
-        weight = valid_mask if weight is None else weight * valid_mask
-    if avg_factor is None and avg_non_ignore and reduction == "mean":
-        avg_factor = valid_mask.sum().item()
-    target = label.float()
-    pos = F.logsigmoid(pred) * target
-    if class_weight is not None:
-        pos = pos * class_weight
-    loss = -(pos + (1 - target) * F.logsigmoid(-pred))
-    return mm_weight_reduce_loss(loss, weight.float(), reduction, avg_factor)
-
-
-class MMCrossEntropyLoss:
-    def __init__(
-        self,
-        use_sigmoid=False,
-        reduction="mean",
-        class_weight=None,
-        ignore_index=None,
-        loss_weight=1.0,
-        avg_non_ignore=False,
-    ):
-        self.use_sigmoid = use_sigmoid
-        self.reduction = reduction
-        self.loss_weight = loss_weight
-        self.class_weight = class_weight
-        self.ignore_index = ignore_index
-        self.avg_non_ignore = avg_non_ignore
-        self.cls_criterion = mm_binary_cross_entropy if use_sigmoid else mm_cross_entropy
-
-    def __call__(self, cls_score, label, weight=None, avg_factor=None, reduction_override=None, ignore_index=None):
-        reduction = reduction_override if reduction_override else self.reduction
-        if ignore_index is None:
-            ignore_index = self.ignore_index
-        class_weight = None if self.class_weight is None else cls_score.new_tensor(self.class_weight)
-        return self.loss_weight * self.cls_criterion(
-            cls_score,
-            label,
-            weight,
-            class_weight=class_weight,
-            reduction=reduction,
-            avg_factor=avg_factor,
-            ignore_index=ignore_index,
-            avg_non_ignore=self.avg_non_ignore,
-        )
 
 
 # ------------------------------------------------------------------------------------------------

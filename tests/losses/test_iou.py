@@ -2,63 +2,24 @@
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
 
 from lightning_losses import CIoULoss, DIoULoss, GIoULoss, IoULoss
+from tests.references.mmdet_losses import mmdet_ciou_loss, mmdet_diou_loss, mmdet_giou_loss, mmdet_iou_loss
 
 F64 = torch.float64
 EPS32 = torch.finfo(torch.float32).eps
 
 
 # --------------------------------------------------------------------------------------------------
-# Reference: MMDetection 3.x models/losses/iou_loss.py (functions and module forwards), written out.
+# Reference: MMDetection 3.x models/losses/iou_loss.py module forwards, written out over the element-wise
+# losses of tests/references/mmdet_losses.py.
 # --------------------------------------------------------------------------------------------------
-def _aligned_iou_giou(pred, target, eps, giou):
-    """bbox_overlaps(is_aligned=True) for iou / giou: union and enclosure clamped with max(., eps)."""
-    area1 = (pred[:, 2] - pred[:, 0]) * (pred[:, 3] - pred[:, 1])
-    area2 = (target[:, 2] - target[:, 0]) * (target[:, 3] - target[:, 1])
-    wh = (torch.min(pred[:, 2:], target[:, 2:]) - torch.max(pred[:, :2], target[:, :2])).clamp(min=0)
-    overlap = wh[:, 0] * wh[:, 1]
-    union = torch.max(area1 + area2 - overlap, union_eps := area1.new_tensor([eps]))
-    ious = overlap / union
-    if not giou:
-        return ious
-    ewh = (torch.max(pred[:, 2:], target[:, 2:]) - torch.min(pred[:, :2], target[:, :2])).clamp(min=0)
-    enclose = torch.max(ewh[:, 0] * ewh[:, 1], union_eps)
-    return ious - (enclose - union) / enclose
-
-
-def _diou_terms(pred, target, eps):
-    wh = (torch.min(pred[:, 2:], target[:, 2:]) - torch.max(pred[:, :2], target[:, :2])).clamp(min=0)
-    overlap = wh[:, 0] * wh[:, 1]
-    ap = (pred[:, 2] - pred[:, 0]) * (pred[:, 3] - pred[:, 1])
-    ag = (target[:, 2] - target[:, 0]) * (target[:, 3] - target[:, 1])
-    ious = overlap / (ap + ag - overlap + eps)
-    ewh = (torch.max(pred[:, 2:], target[:, 2:]) - torch.min(pred[:, :2], target[:, :2])).clamp(min=0)
-    c2 = ewh[:, 0] ** 2 + ewh[:, 1] ** 2 + eps
-    rho2 = ((target[:, 0] + target[:, 2]) - (pred[:, 0] + pred[:, 2])) ** 2 / 4
-    rho2 = rho2 + ((target[:, 1] + target[:, 3]) - (pred[:, 1] + pred[:, 3])) ** 2 / 4
-    return ious, rho2 / c2
-
-
 def mmdet_elementwise(kind, pred, target, eps, mode="log"):
     if kind == "iou":
-        ious = _aligned_iou_giou(pred, target, 1e-6, giou=False).clamp(min=eps)
-        return {"linear": 1 - ious, "square": 1 - ious**2, "log": -ious.log()}[mode]
-    if kind == "giou":
-        return 1 - _aligned_iou_giou(pred, target, eps, giou=True)
-    ious, penalty = _diou_terms(pred, target, eps)
-    if kind == "diou":
-        return 1 - ious + penalty
-    w1, h1 = pred[:, 2] - pred[:, 0], pred[:, 3] - pred[:, 1] + eps
-    w2, h2 = target[:, 2] - target[:, 0], target[:, 3] - target[:, 1] + eps
-    v = (4 / math.pi**2) * (torch.atan(w2 / h2) - torch.atan(w1 / h1)) ** 2
-    with torch.no_grad():
-        alpha = (ious > 0.5).float() * v / (1 - ious + v)
-    return 1 - (ious - (penalty + alpha * v)).clamp(min=-1.0, max=1.0)
+        return mmdet_iou_loss(pred, target, mode, eps)
+    return {"giou": mmdet_giou_loss, "diou": mmdet_diou_loss, "ciou": mmdet_ciou_loss}[kind](pred, target, eps)
 
 
 def mmdet_forward(

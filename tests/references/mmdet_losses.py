@@ -1,14 +1,19 @@
-"""MMDetection 3.x element losses as the dense heads call them, written out literally.
+"""MMDetection 3.x element losses, written out literally: ``weight_reduce_loss``, the IoU family, the heads' calls.
 
-Each function is the module's ``forward`` with the head's arguments: the zero-weight early returns of
-the box losses (``(pred * weight).sum()``), ``weight_reduce_loss`` with ``avg_factor + eps32``, and
-``loss_weight`` applied after the reduction. ``FocalLoss`` takes its CPU path (one-hot with ``C + 1``
-columns, the last dropped).
+- :func:`weight_reduce_loss` (``models/losses/utils.py``): × weight, then reduce; ``avg_factor`` gives
+  ``sum / (avg_factor + eps32)`` and is an error with ``sum``.
+- ``mmdet_{iou,giou,diou,ciou}_loss``: the element-wise losses of aligned boxes (``iou_loss.py``), each with
+  its own placement of ``eps``.
+- The rest is each module's ``forward`` with the dense heads' arguments: the zero-weight early returns of the
+  box losses (``(pred * weight).sum()``), ``loss_weight`` applied after the reduction, ``FocalLoss`` on its
+  CPU path (one-hot with ``C + 1`` columns, the last dropped).
 
 Nothing here imports :mod:`lightning_losses`.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -23,6 +28,10 @@ __all__ = [
     "giou_loss",
     "iou_loss",
     "l1_loss",
+    "mmdet_ciou_loss",
+    "mmdet_diou_loss",
+    "mmdet_giou_loss",
+    "mmdet_iou_loss",
     "quality_focal_loss",
     "sigmoid_bce_soft",
     "smooth_l1_loss",
@@ -123,13 +132,7 @@ def iou_loss(
         return early
     if weight is not None and weight.dim() > 1:
         weight = weight.mean(-1)
-    ious = bbox_overlaps(pred, target, is_aligned=True).clamp(min=eps)
-    if mode == "linear":
-        loss = 1 - ious
-    elif mode == "square":
-        loss = 1 - ious**2
-    else:
-        loss = -ious.log()
+    loss = mmdet_iou_loss(pred, target, mode, eps)
     return loss_weight * weight_reduce_loss(loss, weight, "mean", avg_factor)
 
 
@@ -146,8 +149,67 @@ def giou_loss(
         return early
     if weight is not None and weight.dim() > 1:
         weight = weight.mean(-1)
-    loss = 1 - bbox_overlaps(pred, target, mode="giou", is_aligned=True, eps=eps)
+    loss = mmdet_giou_loss(pred, target, eps)
     return loss_weight * weight_reduce_loss(loss, weight, "mean", avg_factor)
+
+
+# ------------------------------------------------------------------------------------------------
+# Element-wise IoU-family losses of aligned boxes (models/losses/iou_loss.py)
+
+
+def mmdet_iou_loss(pred, target, mode="log", eps=1e-6):
+    """iou_loss: aligned IoU (union eps fixed at the default 1e-6), then clamp(min=eps) before the mode."""
+    ious = bbox_overlaps(pred, target, is_aligned=True).clamp(min=eps)
+    if mode == "linear":
+        return 1 - ious
+    if mode == "square":
+        return 1 - ious**2
+    return -ious.log()
+
+
+def mmdet_giou_loss(pred, target, eps=1e-7):
+    """giou_loss: the loss eps is handed to bbox_overlaps (union and enclosure clamp)."""
+    return 1 - bbox_overlaps(pred, target, mode="giou", is_aligned=True, eps=eps)
+
+
+def _mmdet_diou_parts(pred, target, eps):
+    lt = torch.max(pred[:, :2], target[:, :2])
+    rb = torch.min(pred[:, 2:], target[:, 2:])
+    wh = (rb - lt).clamp(min=0)
+    overlap = wh[:, 0] * wh[:, 1]
+    ap = (pred[:, 2] - pred[:, 0]) * (pred[:, 3] - pred[:, 1])
+    ag = (target[:, 2] - target[:, 0]) * (target[:, 3] - target[:, 1])
+    union = ap + ag - overlap + eps
+    ious = overlap / union
+    enclose_x1y1 = torch.min(pred[:, :2], target[:, :2])
+    enclose_x2y2 = torch.max(pred[:, 2:], target[:, 2:])
+    enclose_wh = (enclose_x2y2 - enclose_x1y1).clamp(min=0)
+    c2 = enclose_wh[:, 0] ** 2 + enclose_wh[:, 1] ** 2 + eps
+    left = ((target[:, 0] + target[:, 2]) - (pred[:, 0] + pred[:, 2])) ** 2 / 4
+    right = ((target[:, 1] + target[:, 3]) - (pred[:, 1] + pred[:, 3])) ** 2 / 4
+    return ious, (left + right) / c2
+
+
+def mmdet_diou_loss(pred, target, eps=1e-7):
+    """diou_loss: eps added (not clamped) to the union and to c²."""
+    ious, penalty = _mmdet_diou_parts(pred, target, eps)
+    return 1 - (ious - penalty)
+
+
+def mmdet_ciou_loss(pred, target, eps=1e-7):
+    """ciou_loss: eps on both heights, α = [IoU > 0.5]·v/(1 − IoU + v) without grad, 1 − clamp(CIoU, −1, 1)."""
+    ious, penalty = _mmdet_diou_parts(pred, target, eps)
+    w1, h1 = pred[:, 2] - pred[:, 0], pred[:, 3] - pred[:, 1] + eps
+    w2, h2 = target[:, 2] - target[:, 0], target[:, 3] - target[:, 1] + eps
+    v = (4 / math.pi**2) * torch.pow(torch.atan(w2 / h2) - torch.atan(w1 / h1), 2)
+    with torch.no_grad():
+        alpha = (ious > 0.5).float() * v / (1 - ious + v)
+    cious = ious - (penalty + alpha * v)
+    return 1 - cious.clamp(min=-1.0, max=1.0)
+
+
+# ------------------------------------------------------------------------------------------------
+# Classification losses as the heads call them
 
 
 def sigmoid_bce_soft(
