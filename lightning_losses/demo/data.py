@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import lightning as L
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
+
+from lightning_losses.data.collate import DetectionTarget, collate_detection
 
 __all__ = [
     "SHAPES",
@@ -32,8 +34,6 @@ _MIN_VISIBLE = 0.3
 _NOISE_STD = 0.08
 _MIN_CONTRAST = 0.5
 _COLOR_CANDIDATES = 8
-
-DetectionTarget = dict[str, Tensor]
 
 
 @dataclass(frozen=True)
@@ -251,12 +251,6 @@ class SyntheticShapes(Dataset):
         return sample.image, {"boxes": sample.boxes, "labels": sample.labels}
 
 
-def collate_detection(batch: Sequence[tuple[Tensor, DetectionTarget]]) -> tuple[Tensor, list[DetectionTarget]]:
-    """Stack images to ``(B, 3, H, W)`` and keep the targets as a list of per-image dicts."""
-    images = torch.stack([image for image, _ in batch])
-    return images, [target for _, target in batch]
-
-
 class SyntheticShapesDataModule(L.LightningDataModule):
     """Synthetic rectangles, ellipses and triangles on noisy backgrounds, for detection or segmentation.
 
@@ -265,6 +259,9 @@ class SyntheticShapesDataModule(L.LightningDataModule):
     ``(images (B, 3, H, W) in [0, 1], [{"boxes": (M, 4) xyxy pixels, "labels": (M,)}, …])`` with boxes the
     exact tight boxes of each object's visible pixels; segmentation batches are ``(images, masks (B, H, W))``
     with background 0 and shape classes ``1..num_shape_classes`` (``K = num_shape_classes + 1``).
+    :attr:`num_classes` is the class count a model predicts for the task (``num_shape_classes``, or ``K``);
+    the CLI links it into the model and its criterion. The predict split is the test split's images (read
+    with their targets; ``predict_step`` uses the images).
 
     Args:
         task: ``"detection"`` or ``"segmentation"``.
@@ -324,8 +321,20 @@ class SyntheticShapesDataModule(L.LightningDataModule):
         self.seed = seed
         self.num_workers = num_workers
 
+    @property
+    def num_classes(self) -> int:
+        """Classes a model predicts: ``num_shape_classes`` for detection, ``num_shape_classes + 1`` for segmentation."""
+        return self.num_shape_classes + (self.task == "segmentation")
+
+    def image_info(self, index: int, split: str = "predict") -> dict[str, Any]:
+        """What a prediction writer needs of image ``index``: ``id`` (the index), ``width``, ``height`` and the
+        ``scale`` ``(x, y)`` from the original image to the loaded tensor (``(1, 1)``: images are rendered at size)."""
+        return {"id": int(index), "width": self.image_size, "height": self.image_size, "scale": (1.0, 1.0)}
+
     def dataset(self, split: str) -> SyntheticShapes:
-        """The :class:`SyntheticShapes` of ``split`` (``"test"`` has ``num_val`` images)."""
+        """The :class:`SyntheticShapes` of ``split`` (``"test"`` and ``"predict"`` have ``num_val`` images, the
+        same ones)."""
+        split = "test" if split == "predict" else split
         length = self.num_train if split == "train" else self.num_val
         return SyntheticShapes(
             self.task,
@@ -362,3 +371,6 @@ class SyntheticShapesDataModule(L.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return self._loader("test", shuffle=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader("predict", shuffle=False)
