@@ -258,11 +258,12 @@ class DETRCriterion(Criterion):
         if self.classification == "vfl":
             with torch.no_grad():
                 ious = (bbox_overlaps(pred_corners, target_corners, is_aligned=True) * weight).to(logits.dtype)
-                scores = logits.new_zeros(batch, (num_queries + 1) * columns)
                 flat = spare * columns + labels.clamp(min=0)
-                scores = scores.scatter(1, flat, ious).view(batch, num_queries + 1, columns)[:, :num_queries]
-                positive = query_labels[..., None] == torch.arange(columns, device=logits.device)
-                keep = (~(positive & (scores <= 0))).to(logits.dtype)
+                scores = logits.new_zeros(batch, (num_queries + 1) * columns).scatter(1, flat, ious)
+                scores = scores.view(batch, num_queries + 1, columns)[:, :num_queries]
+                # RT-DETR weighs a matched class by its IoU even when that is 0: such an entry scores nothing.
+                keep = logits.new_ones(batch, (num_queries + 1) * columns).scatter(1, flat, (ious > 0).to(logits.dtype))
+                keep = keep.view(batch, num_queries + 1, columns)[:, :num_queries]
             cls_args = (logits, scores, keep, normaliser)
         elif self.classification == "focal":
             cls_args = (logits.reshape(-1, columns), class_targets(cls_loss, query_labels, columns, logits.dtype))
