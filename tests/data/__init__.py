@@ -1,0 +1,1 @@
+"""Tests of lightning_losses.data, and the COCO-format files they write."""
