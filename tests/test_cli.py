@@ -28,7 +28,8 @@ TERMS = {
 METRIC = {"pidnet": "val/miou"}
 
 
-def _env(tmp_path: Path) -> dict[str, str]:
+def offline_env(tmp_path: Path) -> dict[str, str]:
+    """The environment of a CLI subprocess: W&B offline under ``tmp_path``, no API key, one thread."""
     env = {k: v for k, v in os.environ.items() if k != "WANDB_API_KEY"}
     wandb_dir = tmp_path / "wandb_home"
     env.update(
@@ -48,13 +49,19 @@ def _env(tmp_path: Path) -> dict[str, str]:
     return env
 
 
-def _fit(name: str, tmp_path: Path, *extra: str, config: Path | None = None) -> subprocess.CompletedProcess:
+def run_cli(subcommand: str, config: Path, tmp_path: Path, *extra: str) -> subprocess.CompletedProcess:
+    """``lightning-losses <subcommand> --config <config> <extra>`` run in ``tmp_path`` with W&B offline."""
     cli = Path(sys.executable).with_name("lightning-losses")
     command = [str(cli)] if cli.exists() else [sys.executable, "-m", "lightning_losses"]
-    command += [
+    command += [subcommand, "--config", str(config), *extra]
+    return subprocess.run(command, cwd=tmp_path, env=offline_env(tmp_path), capture_output=True, text=True, timeout=300)
+
+
+def _fit(name: str, tmp_path: Path, *extra: str, config: Path | None = None) -> subprocess.CompletedProcess:
+    return run_cli(
         "fit",
-        "--config",
-        str(config or CONFIGS / f"{name}.yaml"),
+        config or CONFIGS / f"{name}.yaml",
+        tmp_path,
         "--trainer.max_epochs=1",
         "--trainer.limit_train_batches=3",
         "--trainer.limit_val_batches=2",
@@ -62,8 +69,7 @@ def _fit(name: str, tmp_path: Path, *extra: str, config: Path | None = None) -> 
         "--data.init_args.num_train=48",
         "--data.init_args.num_val=32",
         *extra,
-    ]
-    return subprocess.run(command, cwd=tmp_path, env=_env(tmp_path), capture_output=True, text=True, timeout=300)
+    )
 
 
 def wandb_records(path: Path) -> list:
@@ -190,3 +196,37 @@ def test_seed_dialects_build_the_same_criterion_as_class_path(dialect, monkeypat
     torch.manual_seed(0)
     pred, target = torch.randn(6, 3), torch.nn.functional.one_hot(torch.randint(0, 3, (6,)), 3).float()
     torch.testing.assert_close(built.loss_cls(pred, target), reference.loss_cls(pred, target))
+
+
+def _built(*args: str) -> LossesCLI:
+    return LossesCLI(args=[*args, "--trainer.logger=false"], run=False)
+
+
+def test_num_classes_is_set_once_by_the_data(monkeypatch, tmp_path):
+    """The data's class count reaches the model, its head and its criterion; a null criterion takes it too."""
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    monkeypatch.chdir(tmp_path)
+    for extra, count in (([], 3), (["--data.init_args.num_shape_classes=2"], 2)):
+        cli = _built("--config", str(CONFIGS / "retinanet.yaml"), *extra)
+        assert cli.model.num_classes == cli.model.criterion.num_classes == count
+        assert cli.model.head.cls_out.out_channels == 9 * count  # A anchors x C classes
+        assert cli.config["model"]["init_args"]["criterion"]["init_args"]["num_classes"] == count  # the run config
+    cli = _built(
+        "--config", str(CONFIGS / "fcos.yaml"), "--model.criterion=null", "--data.init_args.num_shape_classes=1"
+    )
+    assert cli.model.num_classes == cli.model.criterion.num_classes == 1
+    segmenter = _built("--config", str(CONFIGS / "pidnet.yaml")).model
+    assert segmenter.num_classes == segmenter.criterion.num_classes == 4  # background + 3 shapes
+
+
+@pytest.mark.parametrize(
+    "override",
+    ["--model.init_args.num_classes=5", "--model.criterion.init_args.num_classes=2"],
+)
+def test_a_config_giving_another_count_than_the_data_is_refused(override, monkeypatch, tmp_path):
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError, match=r"num_classes` is \d in the config, but the data module .* has num_classes=3"):
+        _built("--config", str(CONFIGS / "yolox.yaml"), override)
+    # The same count as the data is accepted (configs written before the link keep working).
+    assert _built("--config", str(CONFIGS / "yolox.yaml"), "--model.init_args.num_classes=3").model.num_classes == 3

@@ -118,7 +118,7 @@ class CocoDetection(Dataset):
     """Images of a folder with their :class:`CocoAnnotations` targets, through a :class:`ResizePad`.
 
     Items are ``(image (3, H, W) float32 in [0, 1], {"boxes": (M, 4) xyxy pixels, "labels": (M,) int64})``
-    in the annotation file's image order; grayscale and RGBA files are read as RGB.
+    in the annotation file's image order; files are read with Pillow, grayscale and RGBA ones as RGB.
 
     Args:
         annotations: the split's annotations.
@@ -142,11 +142,13 @@ class CocoDetection(Dataset):
         return info
 
     def __getitem__(self, index: int) -> tuple[Tensor, dict[str, Tensor]]:
-        from torchvision.io import ImageReadMode, decode_image
+        from PIL import Image
+        from torchvision.transforms.v2.functional import pil_to_tensor
 
         info = self.annotations.images[index]
         path = self.image_dir / info["file_name"]
-        image = decode_image(str(path), mode=ImageReadMode.RGB)
+        with Image.open(path) as file:
+            image = pil_to_tensor(file.convert("RGB"))
         if tuple(image.shape[-2:]) != (info["height"], info["width"]):
             raise ValueError(
                 f"{path} is {image.shape[-1]}x{image.shape[-2]} (w x h), its annotation says "

@@ -23,8 +23,8 @@ def coco_results(
     """COCO results entries ``{"image_id", "category_id", "bbox": [x, y, w, h], "score"}`` of some images.
 
     Boxes are divided by each image's ``scale`` (the resize from the original image to the tensor the model
-    saw) and clipped to the original ``width`` × ``height``; labels become category ids through
-    ``label_to_category_id`` (the label itself without one).
+    saw) and clipped to the original ``width`` × ``height`` (a box left without area, one on the padding, is
+    dropped); labels become category ids through ``label_to_category_id`` (the label itself without one).
 
     Args:
         detections: one ``{"boxes": (D, 4) xyxy pixels, "scores": (D,), "labels": (D,)}`` per image.
@@ -48,9 +48,11 @@ def coco_results(
         if image.get("width") is not None and image.get("height") is not None:
             boxes[:, 0::2] = boxes[:, 0::2].clamp(0.0, float(image["width"]))
             boxes[:, 1::2] = boxes[:, 1::2].clamp(0.0, float(image["height"]))
-        xywh = torch.cat([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], dim=1).tolist()
-        labels = detection["labels"].detach().cpu().tolist()
-        scores = detection["scores"].detach().float().cpu().tolist()
+        xywh = torch.cat([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], dim=1)
+        keep = (xywh[:, 2] > 0) & (xywh[:, 3] > 0)
+        labels = detection["labels"].detach().cpu()[keep].tolist()
+        scores = detection["scores"].detach().float().cpu()[keep].tolist()
+        xywh = xywh[keep].tolist()
         for box, label, score in zip(xywh, labels, scores, strict=True):
             category = int(label_to_category_id[label]) if label_to_category_id is not None else int(label)
             results.append({"image_id": image["id"], "category_id": category, "bbox": box, "score": score})

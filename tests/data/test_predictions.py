@@ -15,16 +15,16 @@ from lightning_losses.demo import RetinaNetDetector, SyntheticShapesDataModule
 def test_coco_results_scale_back_clip_and_map_categories_by_hand():
     detections = [
         {
-            "boxes": torch.tensor([[10.0, 20.0, 30.0, 60.0], [-4.0, 2.0, 50.0, 8.0]]),
-            "scores": torch.tensor([0.9, 0.25]),
-            "labels": torch.tensor([0, 2]),
+            "boxes": torch.tensor([[10.0, 20.0, 30.0, 60.0], [-4.0, 2.0, 50.0, 8.0], [2.0, 170.0, 8.0, 180.0]]),
+            "scores": torch.tensor([0.9, 0.25, 0.5]),
+            "labels": torch.tensor([0, 2, 1]),
         },
         {"boxes": torch.zeros(0, 4), "scores": torch.zeros(0), "labels": torch.zeros(0, dtype=torch.long)},
     ]
     images = [{"id": 42, "width": 20, "height": 40, "scale": (2.0, 4.0)}, {"id": 43, "scale": (1.0, 1.0)}]
     results = coco_results(detections, images, [5, 9, 11])
     # (10, 20, 30, 60) / (2, 4) = (5, 5, 15, 15) -> xywh (5, 5, 10, 10); (-4, 2, 50, 8) / (2, 4) = (-2, 0.5, 25, 2)
-    # clipped to 20 x 40 -> (0, 0.5, 20, 2) -> xywh (0, 0.5, 20, 1.5).
+    # clipped to 20 x 40 -> (0, 0.5, 20, 2) -> xywh (0, 0.5, 20, 1.5); the third lies below the image (y > 40).
     assert results == [
         {"image_id": 42, "category_id": 5, "bbox": [5.0, 5.0, 10.0, 10.0], "score": pytest.approx(0.9)},
         {"image_id": 42, "category_id": 11, "bbox": [0.0, 0.5, 20.0, 1.5], "score": 0.25},
