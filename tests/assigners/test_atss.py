@@ -1,12 +1,13 @@
-"""ATSSAssigner: hand-worked scenes and a literal per-image MMDetection 3.x reference (mmdet.md §3.2)."""
+"""ATSSAssigner: hand-worked scenes and a literal per-image MMDetection 3.x reference (mmdet.md §3.2);
+atss_targets (the padded targets ATSS and GFL share) against the same reference."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from lightning_losses.assigners import ATSSAssigner
-from lightning_losses.boxes import AnchorGenerator, pad_targets
+from lightning_losses.assigners import ATSSAssigner, atss_targets
+from lightning_losses.boxes import AnchorGenerator, pad_targets, valid_flags
 from tests.references.mmdet_assigners import mmdet_atss_assign
 
 
@@ -191,3 +192,50 @@ def test_box_overlapping_no_prior_assigns_nothing_and_leaves_the_others() -> Non
     assert both.labels.tolist() == [[1, -1, -1]]
     nothing = ATSSAssigner(topk=3).assign(priors, [3], pad_targets([box_target([outside], [0])]))
     assert not nothing.positive.any()
+
+
+# --------------------------------------------------------------------------------------------------
+# atss_targets
+# --------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("padded", [False, True])
+def test_atss_targets_equal_reference_assignment_with_anchor_boxes_for_negatives(padded: bool) -> None:
+    """Reference: per-image MMDetection ATSS assignment; a positive carries its box, a negative its own anchor;
+    the classification weight is the valid flags of each image's pad shape (``None`` without one)."""
+    strides = (8, 16, 32, 64, 128)
+    generator = AnchorGenerator(strides=list(strides), ratios=[1.0], octave_base_scale=8, scales_per_octave=1)
+    sizes = [(-(-128 // s), -(-128 // s)) for s in strides]
+    maps = [torch.zeros(2, 1, h, w) for h, w in sizes]
+    targets = random_targets([3, 0], torch.Generator().manual_seed(3), size=128.0)
+    pad_shapes = torch.tensor([[128, 128], [64, 96]])
+    got = atss_targets(generator, ATSSAssigner(), maps, targets, None, pad_shapes if padded else None)
+    anchors = torch.cat(generator.grid_priors(sizes))
+    torch.testing.assert_close(got.anchors, anchors, rtol=0, atol=0)
+    mask = valid_flags(sizes, strides, 1, pad_shapes)
+    for i, t in enumerate(targets):
+        counts = [h * w for h, w in sizes]
+        keep = mask[i] if padded else torch.ones(len(anchors), dtype=torch.bool)
+        level_counts = [int(c.sum()) for c in keep.split(counts)]
+        gt_inds = torch.zeros(len(anchors), dtype=torch.long)
+        labels = torch.full((len(anchors),), -1)
+        if len(t["boxes"]):
+            ref = mmdet_atss_assign(anchors[keep], level_counts, t["boxes"], t["labels"], 9)
+            gt_inds[keep], labels[keep] = ref[0], ref[2]
+        positive = gt_inds > 0
+        assert torch.equal(got.positive[i], positive)
+        assert torch.equal(got.labels[i], labels)
+        matched = t["boxes"][gt_inds - 1] if len(t["boxes"]) else anchors  # gt_inds - 1 = -1: masked below
+        torch.testing.assert_close(got.boxes[i], torch.where(positive[:, None], matched, anchors), rtol=0, atol=0)
+    assert int(got.positive[0].sum()) > 0
+    assert got.num_pos_images.tolist() == [int(got.positive[0].sum()), 0]
+    assert int(got.avg_factor()) == int(got.positive[0].sum()) + 1  # Σ_img max(n_pos, 1)
+    if padded:
+        assert torch.equal(got.label_weight, mask.float())
+    else:
+        assert got.label_weight is None
+
+
+def test_atss_targets_priors_shape_is_checked() -> None:
+    generator = AnchorGenerator(strides=[8], ratios=[1.0], octave_base_scale=8, scales_per_octave=1)
+    targets = [box_target([[0.0, 0.0, 8.0, 8.0]])]
+    with pytest.raises(ValueError, match=r"`priors` must have shape \(4, 4\)"):
+        atss_targets(generator, ATSSAssigner(), [torch.zeros(1, 1, 2, 2)], targets, torch.zeros(3, 4))

@@ -8,13 +8,14 @@ pick per box in a Python loop, then give each multiply-claimed prior to the box 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from lightning_losses.assigners.simota import SimOTAAssigner
+from lightning_losses.assigners.simota import SIMOTA_STYLE_TABLE, SIMOTA_STYLES, SimOTAAssigner
 from lightning_losses.boxes.targets import pad_targets
 
 FAR = [40.0, 40.0, 41.0, 41.0]  # a predicted box that overlaps nothing in the 32 x 32 scenes
@@ -226,6 +227,21 @@ def test_netspresso_style_default_radius_and_penalty():
     assert (mm.center_radius, mm.penalty, mm.iou_eps) == (2.5, 1e5, 1e-7)
     with pytest.raises(ValueError, match="style"):
         SimOTAAssigner(style="yolov5")
+
+
+def test_each_style_is_one_frozen_table_entry_the_assigner_reads():
+    """Reference: the same notes; the table holds every choice once, and an explicit radius still wins."""
+    assert SIMOTA_STYLES == ("netspresso", "mmdet")
+    ns, mm = SIMOTA_STYLE_TABLE["netspresso"], SIMOTA_STYLE_TABLE["mmdet"]
+    assert (ns.center_radius, ns.in_box_candidates, ns.penalty, ns.iou_eps) == (1.5, False, 1e6, 1e-8)
+    assert (mm.center_radius, mm.in_box_candidates, mm.penalty, mm.iou_eps) == (2.5, True, 1e5, 1e-7)
+    for name, conventions in SIMOTA_STYLE_TABLE.items():
+        assigner = SimOTAAssigner(style=name)
+        assert assigner.conventions is conventions
+        assert (assigner.style, assigner.center_radius) == (name, conventions.center_radius)
+    assert SimOTAAssigner(style="mmdet", center_radius=1.0).center_radius == 1.0
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        ns.penalty = 1.0
 
 
 # --------------------------------------------------------------------------------------------------

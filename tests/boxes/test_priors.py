@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from lightning_losses.boxes import AnchorGenerator, PointGenerator, level_indices, valid_flags
+from lightning_losses.boxes import AnchorGenerator, PointGenerator, flatten_levels, level_indices, valid_flags
 
 RETINA_STRIDES = [8, 16, 32, 64, 128]
 
@@ -142,3 +142,27 @@ def test_level_indices() -> None:
     """Hand-worked: counts (3, 0, 2) → [0, 0, 0, 2, 2]."""
     assert level_indices([3, 0, 2]).tolist() == [0, 0, 0, 2, 2]
     assert level_indices([1, 1]).dtype == torch.int64
+
+
+def test_flatten_levels_rows_follow_the_prior_order() -> None:
+    """Hand-worked: channel ``a·K + k`` of cell ``(y, x)`` becomes row ``(y·W + x)·A + a``, levels concatenated;
+    a 3-D ``(B, N, K)`` level is kept as it is."""
+    level0 = torch.arange(2 * 2 * 2 * 3, dtype=torch.float32).reshape(1, 2 * 2, 2, 3)  # A=2, K=2, H=2, W=3
+    level1 = torch.full((1, 4, 2), -1.0)
+    flat = flatten_levels([level0, level1], 2, "maps")
+    assert flat.shape == (1, 2 * 3 * 2 + 4, 2)
+    for y in range(2):
+        for x in range(3):
+            for a in range(2):
+                row = (y * 3 + x) * 2 + a
+                assert flat[0, row].tolist() == [level0[0, a * 2 + k, y, x].item() for k in range(2)]
+    assert bool((flat[0, 12:] == -1).all())
+
+
+def test_flatten_levels_errors_name_the_argument_and_level() -> None:
+    with pytest.raises(TypeError, match=r"`cls_scores\[0\]` must be a tensor"):
+        flatten_levels([[1.0]], 2, "cls_scores")
+    with pytest.raises(ValueError, match=r"`cls_scores\[1\]` has 3 channels, not a multiple of 2"):
+        flatten_levels([torch.zeros(1, 2, 1, 1), torch.zeros(1, 3, 1, 1)], 2, "cls_scores")
+    with pytest.raises(ValueError, match=r"`bbox_preds\[0\]` must be \(B, A·4, H, W\) or \(B, N, 4\)"):
+        flatten_levels([torch.zeros(1, 5, 3)], 4, "bbox_preds")

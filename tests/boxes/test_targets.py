@@ -1,11 +1,14 @@
-"""pad_targets: hand-worked padding of per-image dicts, and the boundary checks that name the argument."""
+"""pad_targets: hand-worked padding of per-image dicts, and the boundary checks that name the argument;
+gather_boxes and the FCOS centerness target by hand."""
 
 from __future__ import annotations
+
+import math
 
 import pytest
 import torch
 
-from lightning_losses.boxes import pad_targets
+from lightning_losses.boxes import centerness_target, gather_boxes, pad_targets
 
 
 def target(boxes: list[list[float]], labels: list[int]) -> dict[str, torch.Tensor]:
@@ -80,3 +83,22 @@ def test_pad_targets_rejects_non_tensor_boxes() -> None:
     """Boundary check: a list of boxes is refused with the argument's name (TypeError or ValueError)."""
     with pytest.raises((TypeError, ValueError), match=r"`targets\[0\]\['boxes'\]`"):
         pad_targets([{"boxes": [[0.0, 0.0, 1.0, 1.0]], "labels": torch.zeros(1).long()}])
+
+
+def test_gather_boxes_hand_worked_rows_per_image() -> None:
+    """Hand-worked: each image gathers its own rows; any row width (boxes, or wider rows)."""
+    boxes = torch.arange(2 * 3 * 5, dtype=torch.float32).reshape(2, 3, 5)
+    index = torch.tensor([[2, 0, 2, 1], [1, 1, 0, 2]])
+    out = gather_boxes(boxes, index)
+    assert out.shape == (2, 4, 5)
+    for b in range(2):
+        for p in range(4):
+            assert out[b, p].tolist() == boxes[b, index[b, p]].tolist()
+
+
+def test_centerness_target_closed_form() -> None:
+    """FCOS paper: sqrt(min(l, r)/max(l, r) · min(t, b)/max(t, b)); 1 at the center, symmetric in l↔r, t↔b."""
+    distances = torch.tensor([[1.0, 2.0, 4.0, 2.0], [4.0, 2.0, 1.0, 2.0], [3.0, 3.0, 3.0, 3.0], [1.0, 1.0, 9.0, 4.0]])
+    want = torch.tensor([math.sqrt(1 / 4), math.sqrt(1 / 4), 1.0, math.sqrt(1 / 9 * 1 / 4)])
+    torch.testing.assert_close(centerness_target(distances), want)
+    assert centerness_target(torch.ones(2, 3, 4)).shape == (2, 3)
