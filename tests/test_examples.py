@@ -108,3 +108,37 @@ def test_multi_gpu_epoch_values_are_the_exact_global_means(tmp_path):
         synced = float(re.search(rf"train/{term}_epoch = {NUMBER}", out).group(1))
         assert synced == pytest.approx(float(line.group(2)), abs=2e-4)
     assert math.isfinite(float(re.search(rf"val/loss = {NUMBER}", out).group(1)))
+
+
+def test_torchvision_detectors_match_torchvisions_loss_and_train(tmp_path):
+    """Reference: torchvision's own compute_loss on the same head outputs (printed beside the criterion's);
+    FCOS's box term is centerness-weighted here (documented), so only its other terms must agree."""
+    out = run_example("torchvision_detector.py", tmp_path)
+    pairs = values(rf"  loss_\w+={NUMBER} torchvision \w+={NUMBER}", out)
+    names = re.findall(r"  (loss_\w+)=", out)
+    assert names == ["loss_cls", "loss_bbox", "loss_cls", "loss_bbox", "loss_centerness"]
+    for index, (ours, theirs) in enumerate(pairs):
+        if index != 3:  # FCOS loss_bbox
+            assert ours == pytest.approx(theirs, rel=1e-5, abs=2e-6)
+    steps = re.findall(r"after 2 steps: (.*)", out)
+    assert len(steps) == 2
+    for line, terms in zip(
+        steps, (["loss_cls", "loss_bbox"], ["loss_cls", "loss_bbox", "loss_centerness"]), strict=True
+    ):
+        logged = dict(item.split("=") for item in line.split())
+        assert "val/map_50" in logged
+        total = sum(float(logged[f"train/{term}_epoch"]) for term in terms)
+        assert float(logged["train/loss_epoch"]) == pytest.approx(total, abs=2e-4)
+
+
+def test_coco_fit_maps_categories_and_writes_results_with_the_users_ids(tmp_path):
+    """Reference: the data set the example writes (ids 7, 3, 12; one crowd region and one empty box per split;
+    8 validation images) and its settings (score_thr=0, max_det=5: five entries per image)."""
+    out = run_example("coco_fit.py", tmp_path)
+    assert "classes: 3 ['ellipse', 'rectangle', 'triangle'], label -> category id [3, 7, 12]" in out
+    assert "'train': {'crowd': 1, 'degenerate': 1}" in out
+    assert re.search(r"after 6 steps: .*val/map=\d", out)
+    found = re.search(r"predictions.json: (\d+) entries for images \[([\d, ]+)\], category ids \[([\d, ]+)\]", out)
+    assert int(found.group(1)) == 8 * 5
+    assert [int(i) for i in found.group(2).split(",")] == list(range(1, 9))
+    assert {int(c) for c in found.group(3).split(",")} <= {3, 7, 12}
