@@ -147,3 +147,15 @@ def test_tight_boxes_hand_worked():
 def test_rejects_bad_arguments(kwargs: dict, match: str):
     with pytest.raises(ValueError, match=match):
         SyntheticShapesDataModule(**kwargs)
+
+
+def test_num_classes_counts_what_a_model_predicts_and_predict_reads_the_test_images():
+    """Detection: the shape kinds; segmentation: the kinds plus background. Predict: the test split, in order."""
+    assert SyntheticShapesDataModule(num_shape_classes=2).num_classes == 2
+    assert SyntheticShapesDataModule(task="segmentation", num_shape_classes=2).num_classes == 3
+    dm = SyntheticShapesDataModule(**SMALL)
+    predicted = [image for images, _ in dm.predict_dataloader() for image in images]
+    tested = [image for images, _ in dm.test_dataloader() for image in images]
+    assert len(predicted) == SMALL["num_val"]
+    assert all(torch.equal(a, b) for a, b in zip(predicted, tested, strict=True))
+    assert dm.image_info(3) == {"id": 3, "width": 64, "height": 64, "scale": (1.0, 1.0)}
