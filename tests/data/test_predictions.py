@@ -63,3 +63,22 @@ def test_writer_refuses_outputs_that_are_not_detections(tmp_path):
     writer = CocoPredictionWriter(output_dir=str(tmp_path))
     with pytest.raises(TypeError, match=r"one \{'boxes', 'scores', 'labels'\} dict per image"):
         writer.write_on_batch_end(None, None, torch.zeros(2, 3), [0, 1], None, 0, 0)
+
+
+def test_writer_gathers_every_rank_into_one_file(tmp_path):
+    """Two CPU processes (gloo): rank 0 writes every image's entries once (Lightning's predict sampler does not
+    repeat images to even out the ranks)."""
+    data = SyntheticShapesDataModule(image_size=64, num_train=2, num_val=5, batch_size=2)
+    model = RetinaNetDetector(channels=16, score_thr=0.0, max_det=2)
+    trainer = L.Trainer(
+        accelerator="cpu",
+        devices=2,
+        strategy="ddp_spawn",
+        logger=False,
+        callbacks=[CocoPredictionWriter(output_dir=str(tmp_path))],
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    trainer.predict(model, data, return_predictions=False)
+    entries = json.loads((tmp_path / "predictions.json").read_text())
+    assert sorted(e["image_id"] for e in entries) == sorted([0, 1, 2, 3, 4] * 2)
