@@ -188,8 +188,9 @@ def test_targets_are_never_modified():
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_bad_but_legal_input_gives_finite_terms_and_gradients(dtype):
-    s = scene(counts=(2, 0, 3), seed=11)
+@pytest.mark.parametrize(("classification", "columns"), [("vfl", 3), ("focal", 3), ("ce", 4)])
+def test_bad_but_legal_input_gives_finite_terms_and_gradients(dtype, classification, columns):
+    s = scene(counts=(2, 0, 3), seed=11, columns=columns)
     s["targets"][0]["boxes"][0] = torch.tensor([-20.0, -10.0, 200.0, 90.0])  # outside the image
     leaves = []
     for key in ("final", "enc"):
@@ -199,7 +200,8 @@ def test_bad_but_legal_input_gives_finite_terms_and_gradients(dtype):
     for key in ("aux", "dn"):
         s[key] = [(x.sign().mul(1e4).to(dtype).requires_grad_(), b.to(dtype).requires_grad_()) for x, b in s[key]]
         leaves += [t for pair in s[key] for t in pair]
-    out = run(DETRCriterion(3, num_aux_layers=2, encoder=True, num_dn_layers=2), s)
+    criterion = DETRCriterion(3, classification, num_aux_layers=2, encoder=True, num_dn_layers=2)
+    out = run(criterion, s)
     for key, value in out.items():
         assert value.dtype == torch.float32, key
         assert torch.isfinite(value), key
