@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import copy
+import inspect
+import re
+import types
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -18,7 +22,7 @@ from lightning_losses.lightning.stages import (
     trainer_stage,
 )
 from lightning_losses.losses.base import LossMetric
-from lightning_losses.serialization import from_config, to_config
+from lightning_losses.serialization import from_config, init_config, to_config
 
 __all__ = ["STAGES", "DetectionLossModule", "RunningMean"]
 
@@ -214,6 +218,38 @@ class DetectionLossModule:
             self._log_metric(f"{stage}/loss", losses.total, stage, prog_bar=True)
         return total
 
+    def save_hyperparameters(self, *args: Any, frame: types.FrameType | None = None, **kwargs: Any) -> None:
+        """Lightning's ``save_hyperparameters``, without its advice to ignore criteria and losses.
+
+        Lightning warns that an ``nn.Module`` hyperparameter "is already saved during checkpointing" and should
+        be ignored. For a criterion that is only half true: its weights are in the ``state_dict``, but
+        ``load_from_checkpoint`` needs the constructor arguments to build it first. :meth:`on_save_checkpoint`
+        stores every module that :func:`~lightning_losses.serialization.init_config` can describe as a
+        ``class_path`` config (loadable with ``weights_only=True``), so the warning is dropped for those; for a
+        module it cannot describe, it is replaced by one that says how to make it describable.
+        """
+        frame = frame or _caller_frame()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            super().save_hyperparameters(*args, frame=frame, **kwargs)  # type: ignore[misc]
+        hparams = getattr(self, "hparams", {})
+        for warning in caught:
+            match = re.match(r"Attribute '(.+)' is an instance of `nn.Module`", str(warning.message))
+            if match and match.group(1) in hparams:
+                name = match.group(1)
+                if init_config(hparams[name]) is not None:
+                    continue
+                warnings.warn(
+                    f"hyperparameter {name!r} ({type(hparams[name]).__name__}) cannot be stored as a class_path "
+                    "config, so load_from_checkpoint cannot rebuild it: define its class at module level, keep each "
+                    "__init__ argument as an attribute of the same name, or subclass "
+                    "lightning_losses.serialization.RecordsInit",
+                    UserWarning,
+                    stacklevel=2,
+                )
+                continue
+            warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Store criteria in ``hyper_parameters`` as ``class_path`` dicts, loadable with ``weights_only=True``."""
         super_hook = getattr(super(), "on_save_checkpoint", None)
@@ -260,6 +296,12 @@ class DetectionLossModule:
         # through the criterion's metric in one epoch and the stage's running mean in another; it also spares
         # Lightning's lookup of metric attributes, made once per run, which misses running means made later.
         self.log(key, metric, on_step=train, on_epoch=True, prog_bar=prog_bar, metric_attribute=key)  # type: ignore[attr-defined]
+
+
+def _caller_frame() -> types.FrameType | None:
+    # The frame of the __init__ that called save_hyperparameters: Lightning reads its arguments there.
+    frame = inspect.currentframe()
+    return frame.f_back.f_back if frame is not None and frame.f_back is not None else None
 
 
 def _prefix(stage: str, name: str, single: bool) -> str:
