@@ -9,7 +9,7 @@ The class count is set once, by the data: a data module's ``num_classes`` attrib
 ``model.init_args.num_classes`` and ``model.init_args.criterion.init_args.num_classes`` (where the model and
 its criterion take one), and a config that gives either a different value is refused.
 The resolved configuration is saved beside the run (overwritten on a re-run) and stored as the W&B
-run config; W&B loss summaries are set to their minimum.
+run config; W&B loss summaries keep their minimum and their last value.
 """
 
 from __future__ import annotations
@@ -42,12 +42,14 @@ class SaveAndLogConfig(SaveConfigCallback):
 
 
 def _minimum_summaries(run: Any, pl_module: L.LightningModule) -> None:
-    """Loss summaries at their minimum. WandbLogger already defines ``*`` (with its step metric), and of two
-    matching globs W&B applies one at random, so the loss keys are defined by exact name where the model
-    can list them (:meth:`DetectionLossModule.loss_log_keys`); a glob per stage otherwise."""
+    """Loss summaries hold their minimum and their last value.
+
+    WandbLogger already defines ``*`` (with its step metric), and of two matching globs W&B applies one at
+    random, so the loss keys are defined by exact name where the model can list them
+    (:meth:`DetectionLossModule.loss_log_keys`); a glob per stage otherwise."""
     keys = pl_module.loss_log_keys() if isinstance(pl_module, DetectionLossModule) else None
     for key in keys or [f"{stage}/*loss*" for stage in STAGES]:
-        run.define_metric(key, step_metric="trainer/global_step", step_sync=True, summary="min")
+        run.define_metric(key, step_metric="trainer/global_step", step_sync=True, summary="min,last")
 
 
 class LossesCLI(LightningCLI):

@@ -23,6 +23,7 @@ TERMS = {
     "atss": ["loss_cls", "loss_bbox", "loss_centerness"],
     "gfl": ["loss_cls", "loss_bbox", "loss_dfl"],
     "yolox": ["loss_bbox", "loss_obj", "loss_cls", "loss_l1"],
+    "yolov8": ["loss_cls", "loss_bbox", "loss_dfl"],
     "pidnet": ["loss_aux", "loss_sem", "loss_boundary", "loss_bas"],
 }
 METRIC = {"pidnet": "val/miou"}
@@ -116,7 +117,8 @@ def test_config_fits_and_logs_every_term(name, tmp_path):
     assert list(log_dir.glob("wandb/offline-run-*/run-*.wandb")), "no W&B offline run written"
     assert (log_dir / "config.yaml").exists()
     with open(next(log_dir.glob("csv/version_*/metrics.csv"))) as f:
-        keys = set(next(csv.reader(f)))
+        rows = list(csv.DictReader(f))
+    keys = set(rows[0])
     for term in [*TERMS[name], "loss"]:
         assert f"train/{term}_step" in keys
         assert f"train/{term}_epoch" in keys
@@ -127,8 +129,11 @@ def test_config_fits_and_logs_every_term(name, tmp_path):
     losses = {k: v for k, v in summary.items() if "/loss" in k}
     assert len(losses) == 3 * len([*TERMS[name], "loss"])  # train _step and _epoch, val (no test stage ran)
     for key, value in losses.items():
-        assert isinstance(value, dict), f"{key}: summary {value!r} is not its minimum"
-        assert set(value) == {"min"}, key
+        assert isinstance(value, dict), f"{key}: summary {value!r} is not its minimum and last value"
+        assert set(value) == {"min", "last"}, key
+        logged = [float(row[key]) for row in rows if row.get(key)]  # the CSV logger saw the same values
+        assert value["min"] == pytest.approx(min(logged), rel=1e-6), key
+        assert value["last"] == pytest.approx(logged[-1], rel=1e-6), key
     assert not isinstance(summary[METRIC.get(name, "val/map_50")], dict)  # other metrics keep their last value
 
 
