@@ -24,6 +24,7 @@ GROUP_TITLES = {
     "box": "Box-regression losses: package vs composite formula",
     "netspresso": "Detector criteria vs NetsPresso Trainer 1.4.1's own losses",
     "criteria": "MMDetection-style criteria at the RetinaNet scale (no baseline)",
+    "yolo": "Task-aligned YOLO criterion vs ultralytics 8.4 and NetsPresso Trainer 1.4.1",
 }
 
 

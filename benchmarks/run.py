@@ -44,6 +44,7 @@ if not __package__:  # run as a script (python benchmarks/run.py): make the `ben
 
 import torch
 
+from benchmarks import yolov8
 from benchmarks.baselines import VENDOR, VENDOR_ENV, load_netspresso
 from benchmarks.breakdown import breakdown
 from benchmarks.collectives import collectives_section
@@ -222,6 +223,7 @@ def main(argv: list[str] | None = None) -> None:
     os.environ[VENDOR_ENV] = str(args.vendor.resolve())  # the workloads and the memory children read it
     ns = load_netspresso()
     available = {"package", "composite", "floor"} | (set() if isinstance(ns, str) else {"netspresso"})
+    available |= {yolov8.ULTRALYTICS} if yolov8.ultralytics_vendored() else set()
     notes: list[str] = []
     if isinstance(ns, str):
         notes.append(f"NetsPresso rows skipped: {ns}")

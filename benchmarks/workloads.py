@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from benchmarks import baselines, composites
+from benchmarks import baselines, composites, yolov8
 
 __all__ = ["BY_NAME", "WORKLOADS", "Case", "Comparison", "Workload", "run_step"]
 
@@ -514,5 +514,7 @@ WORKLOADS: tuple[Workload, ...] = (
         )
     ),
 )
+
+WORKLOADS += yolov8.workloads()  # the task-aligned YOLO rows live in benchmarks/yolov8.py
 
 BY_NAME: dict[str, Workload] = {w.name: w for w in WORKLOADS}

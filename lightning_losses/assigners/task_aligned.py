@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -10,8 +11,8 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from lightning_losses.boxes.iou import bbox_overlaps
 from lightning_losses.boxes.targets import PaddedTargets
+from lightning_losses.functional.kernels.runtime import run_kernel
 
 __all__ = [
     "TASK_ALIGNED_STYLES",
@@ -22,6 +23,7 @@ __all__ = [
 ]
 
 _CIOU_EPS = 1e-7  # both references' CIoU guard
+_COMPILE_MIN_PAIRS = 1 << 18  # a chunk's ~40 element-wise pair operations fuse into one loop from here
 
 
 @dataclass(frozen=True)
@@ -213,17 +215,25 @@ class TaskAlignedAssigner:
         best_metric = torch.zeros(batch, num_priors, device=device)
         for start in range(0, num_gts, chunk):
             part = slice(start, start + chunk)
-            inside = _inside(points, region[:, part]) & valid[:, part, None]  # (B, g, P)
-            ious = bbox_overlaps(boxes[:, part], pred, mode="ciou", eps=_CIOU_EPS).clamp_(0.0, 1.0)
-            cls_index = labels[:, None, part].clamp(min=0).expand(-1, num_priors, -1)
-            scores = cls_logits.gather(2, cls_index).float().sigmoid_().transpose(1, 2)  # (B, g, P)
-            metric = scores.pow_(self.alpha).mul_(ious.pow(self.beta)).mul_(inside)
+            metric, domain = run_kernel(
+                _pair_terms,
+                batch * min(chunk, num_gts - start) * num_priors,
+                boxes[:, part],
+                region[:, part],
+                valid[:, part],
+                labels[:, part],
+                cls_logits,
+                pred,
+                points,
+                self.alpha,
+                self.beta,
+                self.conventions.conflicts_among_candidates,
+                min_elements=_COMPILE_MIN_PAIRS,
+            )
             values, index = metric.topk(topk, dim=2)
             top_index.append(index)
             top_metric.append(values)
-            top_iou.append(ious.gather(2, index))
-            # Claims are settled over candidate boxes (ultralytics) or every real box (NetsPresso).
-            domain = ious.mul_(inside if self.conventions.conflicts_among_candidates else valid[:, part, None])
+            top_iou.append(domain.gather(2, index))  # a claim is a candidate of a real box: its IoU is there
             chunk_iou, chunk_box = domain.max(dim=1)
             better = chunk_iou > best_iou
             best_iou = torch.where(better, chunk_iou, best_iou)
@@ -275,6 +285,73 @@ def _widened(boxes: Tensor, min_size: float | None) -> Tensor:
     size = boxes[..., 2:] - boxes[..., :2]
     size = torch.where(size < min_size, torch.full_like(size, min_size), size) / 2
     return torch.cat([center - size, center + size], dim=-1)
+
+
+def _pair_terms(
+    boxes: Tensor,
+    region: Tensor,
+    valid: Tensor,
+    labels: Tensor,
+    cls_logits: Tensor,
+    pred: Tensor,
+    points: Tensor,
+    alpha: float,
+    beta: float,
+    among_candidates: bool,
+) -> tuple[Tensor, Tensor]:
+    """``(B, g, P)`` alignment metric (0 off the candidates) and the IoU over which claims are settled.
+
+    One pass over the (image, box, prior) pairs: through ``torch.compile`` (large chunks) it is a single loop
+    that reads per-box and per-prior values and writes the two results. Per-box work (the arctangents of
+    the aspect ratios) is done before the pairs, and the powers are products where they can be.
+    """
+    inside = _inside(points, region) & valid[..., None]
+    ious = _pairwise_ciou(boxes, pred).clamp(0.0, 1.0)
+    index = labels.clamp(min=0)[:, None, :].expand(-1, pred.shape[1], -1)
+    scores = cls_logits.gather(2, index).float().sigmoid().transpose(1, 2)
+    metric = _power(scores, alpha) * _power(ious, beta) * inside
+    return metric, ious * (inside if among_candidates else valid[..., None])
+
+
+def _pairwise_ciou(boxes: Tensor, pred: Tensor, eps: float = _CIOU_EPS) -> Tensor:
+    """:func:`~lightning_losses.boxes.bbox_overlaps` ``mode="ciou"`` of ``(B, g, 4)`` × ``(B, P, 4)`` boxes, the
+    same operations in the same order, with each box's arctangent of its aspect ratio taken once per box."""
+    box, other = boxes[:, :, None, :], pred[:, None, :, :]
+    aspect = _arctan_aspect(boxes, eps)[:, :, None]
+    other_aspect = _arctan_aspect(pred, eps)[:, None, :]
+    area1 = (box[..., 2] - box[..., 0]) * (box[..., 3] - box[..., 1])
+    area2 = (other[..., 2] - other[..., 0]) * (other[..., 3] - other[..., 1])
+    lt = torch.maximum(box[..., :2], other[..., :2])
+    rb = torch.minimum(box[..., 2:], other[..., 2:])
+    wh = (rb - lt).clamp(min=0)
+    overlap = wh[..., 0] * wh[..., 1]
+    enclose = (torch.maximum(box[..., 2:], other[..., 2:]) - torch.minimum(box[..., :2], other[..., :2])).clamp(min=0)
+    union = (area1 + area2 - overlap).clamp(min=eps)
+    ious = overlap / union
+    diag2 = enclose[..., 0].pow(2) + enclose[..., 1].pow(2) + eps
+    dx = (other[..., 0] + other[..., 2]) - (box[..., 0] + box[..., 2])
+    dy = (other[..., 1] + other[..., 3]) - (box[..., 1] + box[..., 3])
+    dious = ious - ((dx * dx + dy * dy) / 4) / diag2
+    v = (4 / math.pi**2) * (other_aspect - aspect).pow(2)
+    return dious - v / (1 - ious + v).clamp(min=eps) * v
+
+
+def _arctan_aspect(boxes: Tensor, eps: float) -> Tensor:
+    return torch.atan((boxes[..., 2] - boxes[..., 0]) / (boxes[..., 3] - boxes[..., 1] + eps))
+
+
+def _power(x: Tensor, exponent: float) -> Tensor:
+    """``x ** exponent``, as products for small whole exponents and a square root for 0.5 (no exp/log per pair)."""
+    if exponent == 0.5:
+        return x.sqrt()
+    if exponent == int(exponent) and 0 <= exponent <= 8:
+        result, base, n = torch.ones_like(x), x, int(exponent)
+        while n:
+            if n & 1:
+                result = result * base
+            base, n = base * base, n >> 1
+        return result
+    return x.pow(exponent)
 
 
 def _inside(points: Tensor, boxes: Tensor) -> Tensor:

@@ -9,6 +9,7 @@ import torch
 from torch import Tensor
 
 from lightning_losses.assigners.task_aligned import TASK_ALIGNED_STYLES, TaskAlignedAssigner
+from lightning_losses.boxes.level_rows import split_level_rows
 from lightning_losses.boxes.targets import pad_targets
 from lightning_losses.losses.base import LossMetric
 from lightning_losses.losses.classification import DistributionFocalLoss, QualityFocalLoss
@@ -123,7 +124,10 @@ class YOLOv8Criterion(DenseCriterion):
         self._priors: dict[tuple[Any, ...], tuple[Tensor, Tensor]] = {}
 
     def _split(self, outputs: YOLOv8Outputs) -> tuple[Tensor, Tensor, list[tuple[int, int]]]:
-        """``(B, P, 4·R)`` box logits and ``(B, P, C)`` class logits (one copy of the maps) and the level sizes."""
+        """``(B, P, 4·R)`` box logits and ``(B, P, C)`` class logits (one copy of the maps) and the level sizes.
+
+        Levels may mix fused maps and (box, cls) pairs.
+        """
         if not isinstance(outputs, (list, tuple)) or not outputs:
             raise TypeError("`outputs` must be a non-empty list with one map (or (box, cls) pair) per level")
         box_channels, channels = 4 * self.reg_max, 4 * self.reg_max + self.num_classes
@@ -146,16 +150,15 @@ class YOLOv8Criterion(DenseCriterion):
                     f"`outputs[{level}]` box and cls maps differ: {tuple(parts[0].shape)}, {tuple(parts[1].shape)}"
                 )
             sizes.append((int(parts[0].shape[2]), int(parts[0].shape[3])))
-            # (B, ch, H, W) → (B, H·W, ch) is a view; one concatenation then copies every level once.
-            flat.append([p.permute(0, 2, 3, 1).reshape(p.shape[0], -1, p.shape[1]) for p in parts])
+            flat.append(parts)
         if len({p[0].shape[0] for p in flat}) != 1:
             raise ValueError(f"`outputs` levels have different batch sizes: {[p[0].shape[0] for p in flat]}")
-        if all(len(p) == 1 for p in flat):
-            fused = torch.cat([p[0] for p in flat], dim=1)
-            return fused[..., :box_channels], fused[..., box_channels:], sizes
-        if any(len(p) == 1 for p in flat):
-            raise TypeError("`outputs` mixes fused maps and (box, cls) pairs across levels")
-        return torch.cat([p[0] for p in flat], dim=1), torch.cat([p[1] for p in flat], dim=1), sizes
+        if len({m.dtype for p in flat for m in p}) != 1:
+            raise TypeError(
+                f"`outputs` maps must share one dtype, got {sorted({str(m.dtype) for p in flat for m in p})}"
+            )
+        box_logits, cls_logits = split_level_rows(flat, box_channels)
+        return box_logits, cls_logits, sizes
 
     def _level_strides(self, sizes: list[tuple[int, int]], image_size: Sequence[int] | Tensor | None) -> list[int]:
         if not self.derive_strides:
@@ -184,6 +187,11 @@ class YOLOv8Criterion(DenseCriterion):
             self._priors[key] = (torch.cat(points), torch.cat(stride))
         return self._priors[key]
 
+    def _decode(self, bins: Tensor, points: Tensor) -> Tensor:
+        """``xyxy`` boxes in strides from ``(..., 4, R)`` bin logits: points minus / plus the softmax expectations."""
+        distances = bins.float().softmax(-1) @ self.bins
+        return torch.cat([points - distances[..., :2], points + distances[..., 2:]], dim=-1)
+
     def forward(
         self,
         outputs: YOLOv8Outputs,
@@ -198,9 +206,9 @@ class YOLOv8Criterion(DenseCriterion):
             raise ValueError(f"`targets` has {len(targets)} images, the outputs have {batch}")
         device = cls_logits.device
         points, stride = self._points(sizes, strides, device)
-        bins = box_logits.reshape(batch, num_priors, 4, self.reg_max)
-        distances = bins.float().softmax(-1) @ self.bins  # (B, P, 4), in strides
-        pred_boxes = torch.cat([points - distances[..., :2], points + distances[..., 2:]], dim=-1)
+        bins = box_logits.view(batch, num_priors, 4, self.reg_max)
+        with torch.no_grad():  # the assigner's boxes; the loss decodes its own rows with a graph below
+            pred_boxes = self._decode(bins, points)
 
         gts = pad_targets(targets, device)
         min_size = float(strides[min(1, len(strides) - 1)]) if self.assigner.conventions.widens_small_boxes else None
@@ -226,13 +234,13 @@ class YOLOv8Criterion(DenseCriterion):
         weight = (assign.scores.gather(1, rows) * positive.gather(1, rows)).reshape(-1)
         row_stride = stride[rows]  # (B, K, 1)
         row_points = points[rows]
+        row_bins = bins.gather(1, rows[..., None, None].expand(-1, -1, 4, self.reg_max))
         target = gather_boxes(gts.boxes, assign.matched.gather(1, rows)) / row_stride  # in strides
         loss_bbox = self.loss_bbox(
-            gather_boxes(pred_boxes, rows).reshape(-1, 4), target.reshape(-1, 4), weight=weight, avg_factor=norm
+            self._decode(row_bins, row_points).reshape(-1, 4), target.reshape(-1, 4), weight=weight, avg_factor=norm
         )
         sides = torch.cat([row_points - target[..., :2], target[..., 2:] - row_points], dim=-1)
         sides = sides.clamp(0.0, self.reg_max - 1.01)
-        row_bins = bins.gather(1, rows[..., None, None].expand(-1, -1, 4, self.reg_max))
         loss_dfl = self.loss_dfl(
             row_bins.reshape(-1, self.reg_max),
             sides.reshape(-1),

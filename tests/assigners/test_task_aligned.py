@@ -225,3 +225,19 @@ def test_inputs_are_not_modified():
     TaskAlignedAssigner(min_size=16.0).assign(logits, pred, points, gts)
     for before, after in zip(copies, (logits, pred, points, *gts), strict=True):
         assert torch.equal(before, after)
+
+
+def test_pairwise_ciou_is_bbox_overlaps_ciou():
+    """The assigner's factored CIoU (arctangents per box) against the package's one IoU routine."""
+    from lightning_losses.assigners.task_aligned import _pairwise_ciou, _power
+    from lightning_losses.boxes import bbox_overlaps
+
+    gen = torch.Generator().manual_seed(8)
+    xy = torch.rand(2, 5, 2, generator=gen) * 100
+    a = torch.cat([xy, xy + torch.rand(2, 5, 2, generator=gen) * 60], -1)
+    xy = torch.rand(2, 40, 2, generator=gen) * 100
+    b = torch.cat([xy, xy + torch.rand(2, 40, 2, generator=gen) * 60], -1)
+    torch.testing.assert_close(_pairwise_ciou(a, b), bbox_overlaps(a, b, mode="ciou", eps=1e-7), rtol=0, atol=1e-7)
+    x = torch.rand(50, generator=gen)
+    for exponent in (0.0, 0.5, 1.0, 2.5, 6.0):
+        torch.testing.assert_close(_power(x, exponent), x.pow(exponent))
