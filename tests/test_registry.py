@@ -8,7 +8,7 @@ import torch
 import lightning_losses as ll
 from lightning_losses.registry import LOSSES, build_loss, list_losses, register_loss
 
-SEED_LOSSES = [
+REFERENCE_LOSSES = [
     "CrossEntropyLoss",
     "FocalLoss",
     "QualityFocalLoss",
@@ -31,7 +31,7 @@ def _same(a: torch.nn.Module, b: torch.nn.Module) -> None:
     assert getattr(a, "avg_non_ignore", None) == getattr(b, "avg_non_ignore", None)
 
 
-@pytest.mark.parametrize("name", SEED_LOSSES)
+@pytest.mark.parametrize("name", REFERENCE_LOSSES)
 def test_every_seed_loss_is_registered_and_exported(name):
     assert name in LOSSES
     assert getattr(ll, name) is LOSSES[name]

@@ -116,7 +116,7 @@ def cross_entropy(
         >>> cross_entropy(pred, torch.tensor([0, 0]))
         tensor(1.1269)
 
-    Reference: Murphy, *Machine Learning: A Probabilistic Perspective* (2012); the visdet seed.
+    Reference: Murphy, *Machine Learning: A Probabilistic Perspective* (2012); MMDetection 3.x.
     """
     check_tensor(pred, "pred")
     check_tensor(target, "target")

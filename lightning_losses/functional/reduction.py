@@ -84,7 +84,7 @@ def weight_reduce_loss(
         \end{cases}
 
     with :math:`\epsilon` the float32 machine epsilon and :math:`n` the number of elements of
-    ``loss`` (not the sum of the weights). This is the rule of the visdet / MMDetection losses.
+    ``loss`` (not the sum of the weights). This is the rule of MMDetection 3.x's losses.
 
     Args:
         loss: element-wise loss.

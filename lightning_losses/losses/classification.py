@@ -229,7 +229,7 @@ class FocalLoss(LossMetric):
 
 @register_loss
 class SigmoidFocalLoss(LossMetric):
-    r"""The NetsPresso seed's ``focal_loss``: torchvision's ``sigmoid_focal_loss`` as a module.
+    r"""NetsPresso Trainer 1.4.1's ``focal_loss``: torchvision's ``sigmoid_focal_loss`` as a module.
 
     .. math::
         \ell = -\alpha_t (1 - p_t)^\gamma \log p_t, \qquad \alpha < 0 \Rightarrow \alpha_t = 1

@@ -1,4 +1,4 @@
-"""ATSSAssigner: hand-worked scenes and a literal per-image MMDetection 3.x reference (mmdet.md §3.2);
+"""ATSSAssigner: hand-worked scenes and a literal per-image MMDetection 3.x reference (MMDetection 3.x);
 atss_targets (the padded targets ATSS and GFL share) against the same reference."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""PointAssigner (FCOS): hand-worked scenes and a literal per-image MMDetection 3.x reference (mmdet.md §2.3)."""
+"""PointAssigner (FCOS): hand-worked scenes and a literal per-image MMDetection 3.x reference (MMDetection 3.x)."""
 
 from __future__ import annotations
 

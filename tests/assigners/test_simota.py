@@ -1,6 +1,6 @@
 """SimOTAAssigner: hand-worked scenes and a literal per-image reference in NetsPresso's / MMDetection's style.
 
-The reference (``reference_simota``) follows the seeds' per-image procedure (netspresso.md §3, mmdet.md §5.4):
+The reference (``reference_simota``) follows the per-image procedure (NetsPresso's yolox_loss, MMDetection 3.x):
 select the image's candidate priors first, build the ``(G, M)`` cost on them only with
 ``F.binary_cross_entropy`` on ``sqrt(σ(cls)·σ(obj))``, take each box's dynamic ``k`` from its top-10 IoUs,
 pick per box in a Python loop, then give each multiply-claimed prior to the box of least cost.
@@ -221,7 +221,7 @@ def test_hand_worked_mmdet_candidates_in_box_or_center_penalised_unless_both():
 
 
 def test_netspresso_style_default_radius_and_penalty():
-    """Reference: netspresso.md §3 (radius 1.5, penalty 1e6, IoU eps 1e-8) and mmdet.md §5.4 (2.5, 1e5, 1e-7)."""
+    """Reference: NetsPresso's yolox_loss (radius 1.5, penalty 1e6, IoU eps 1e-8), MMDetection 3.x (2.5, 1e5, 1e-7)."""
     ns, mm = SimOTAAssigner(), SimOTAAssigner(style="mmdet")
     assert (ns.center_radius, ns.penalty, ns.iou_eps) == (1.5, 1e6, 1e-8)
     assert (mm.center_radius, mm.penalty, mm.iou_eps) == (2.5, 1e5, 1e-7)
@@ -291,7 +291,7 @@ def test_batched_equals_per_image_reference(style, seed, max_elements):
 
 @pytest.mark.parametrize("style", ["netspresso", "mmdet"])
 def test_bfloat16_inputs_assign_as_their_float32_values(style):
-    """Reference: netspresso.md §3 (cost in float32, autocast off): bf16 inputs give the float32 assignment."""
+    """Reference: NetsPresso's yolox_loss (cost in float32, autocast off): bf16 inputs give the float32 assignment."""
     pred_boxes, cls_logits, obj_logits, centers, strides, targets = random_scene(11, batch=6)
     low = [t.bfloat16() for t in (pred_boxes, cls_logits * 3, obj_logits * 3)]
     gts = pad_targets(targets)

@@ -1,4 +1,4 @@
-"""Prior generators: MMDetection 3.x hand values (notes §1.1, §2.1, §3.1), grid order and the valid-flag rule."""
+"""Prior generators: MMDetection 3.x hand values (MMDetection 3.x), grid order and the valid-flag rule."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""compat.netspresso.build_losses: NetsPresso Trainer's ``model.losses`` list (netspresso.md §0, §6) over its
+"""compat.netspresso.build_losses: NetsPresso Trainer's ``model.losses`` list (NetsPresso Trainer 1.4.1) over its
 ``out`` / ``target`` dicts; references are torch / torchvision formulas and the library's own criteria."""
 
 from __future__ import annotations
@@ -132,7 +132,7 @@ def test_pidnet_loss_is_the_criterion_without_ohem(ignore_index):
 
 
 def test_every_criterion_name_builds():
-    """Reference: netspresso.md §0: the five criterion names covered."""
+    """Reference: NetsPresso Trainer 1.4.1's loss registry: the five criterion names covered."""
     assert {"cross_entropy", "focal_loss", "yolox_loss", "retinanet_loss", "pidnet_loss"} <= set(CRITERIA)
     for name in CRITERIA:
         entry = {"criterion": name, "weight": None}
@@ -146,7 +146,7 @@ def test_every_criterion_name_builds():
 # Weights, names, totals
 # --------------------------------------------------------------------------------------------------
 def test_weight_none_is_one_and_total_is_weighted_sum():
-    """Reference: netspresso.md §6: weight None -> 1.0; total = Σ weight · value; per-criterion values unweighted."""
+    """Reference: NetsPresso's model.losses list: weight None -> 1.0; total = Σ weight · value; values unweighted."""
     pred, _, onehot = classification(2)
     losses = build_losses(
         [
@@ -194,7 +194,7 @@ def test_unknown_criterion_and_bad_lists_raise():
 # --------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("before_first_call", [True, False])
 def test_set_epoch_reaches_yolox(before_first_call):
-    """Reference: netspresso.md §3: L1 off while epoch < l1_activate_epoch, on from it and with no epoch."""
+    """Reference: NetsPresso's yolox_loss: L1 off while epoch < l1_activate_epoch, on from it and with no epoch."""
     out, gts = yolox_out(1), detection_targets(2)
     target = {"gt": gts, "img_size": IMAGE, "num_classes": C}
     losses = build_losses([{"criterion": "yolox_loss", "l1_activate_epoch": 3, "weight": None}])
@@ -223,7 +223,7 @@ def test_set_epoch_matches_netspresso_epoch_counter():
 
 
 def test_pidnet_without_extra_p_is_zero_with_graph():
-    """Reference: netspresso.md §5: out['extra_p'] None -> sum(pred - pred): 0, connected to pred's graph."""
+    """Reference: NetsPresso's pidnet_loss: out['extra_p'] None -> sum(pred - pred): 0, connected to pred's graph."""
     pred = torch.randn(2, C, 8, 8, requires_grad=True)
     got = build_losses([{"criterion": "pidnet_loss", "weight": 2.0}])(
         {"pred": pred, "extra_p": None, "extra_d": None}, {"target": torch.zeros(2, 16, 16, dtype=torch.long)}
@@ -236,7 +236,7 @@ def test_pidnet_without_extra_p_is_zero_with_graph():
 
 
 def test_inputs_are_not_mutated():
-    """Reference: netspresso.md §3 / §5 (NetsPresso rewrites target['gt'] boxes and out's maps); here neither is."""
+    """Reference: NetsPresso's yolox_loss / pidnet_loss (they rewrite target['gt'] and out's maps); here neither is."""
     yolox = yolox_out(3)
     yolox_target = {"gt": detection_targets(4), "img_size": IMAGE, "num_classes": C}
     pid_out, pid_target = pidnet_io(1)

@@ -1,4 +1,4 @@
-"""l1_loss, smooth_l1_loss, mse_loss, balanced_l1_loss: closed forms of the visdet seed, torch.nn.functional."""
+"""l1_loss, smooth_l1_loss, mse_loss, balanced_l1_loss: closed forms of MMDetection 3.x, torch.nn.functional."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ LOSSES = [l1_loss, smooth_l1_loss, mse_loss, balanced_l1_loss]
 
 
 def _balanced_l1_closed_form(d: float, alpha: float = 0.5, gamma: float = 1.5, beta: float = 1.0) -> float:
-    """The seed's formula with b = e^{γ/α} − 1, evaluated with ``math`` on one |diff|."""
+    """MMDetection 3.x's formula with b = e^{γ/α} − 1, evaluated with ``math`` on one |diff|."""
     b = math.exp(gamma / alpha) - 1
     if d < beta:
         return alpha / b * (b * d + 1) * math.log(b * d / beta + 1) - alpha * d
@@ -45,7 +45,7 @@ def test_l1_and_mse_by_hand():
     ],
 )
 def test_smooth_l1_by_hand(beta, diffs, expected):
-    """Seed: 0.5·d²/β if |d| < β else |d| − 0.5·β (hand-worked values)."""
+    """MMDetection 3.x: 0.5·d²/β if |d| < β else |d| − 0.5·β (hand-worked values)."""
     pred = torch.tensor(diffs, dtype=torch.float64)
     out = smooth_l1_loss(pred, torch.zeros_like(pred), beta=beta, reduction="none")
     torch.testing.assert_close(out, torch.tensor(expected, dtype=torch.float64))
@@ -56,7 +56,7 @@ def test_smooth_l1_by_hand(beta, diffs, expected):
     [(0.5, 1.5, 1.0), (0.3, 1.0, 0.5), (1.0, 2.0, 2.0)],
 )
 def test_balanced_l1_matches_seed_closed_form(alpha, gamma, beta):
-    """Seed formula with b = e^{γ/α} − 1 on both branches; the loss depends only on |pred − target|."""
+    """MMDetection 3.x's formula with b = e^{γ/α} − 1 on both branches; the loss depends only on |pred − target|."""
     diffs = [0.0, 0.1, -0.1, 0.5 * beta, beta * 0.999, beta, 1.7 * beta, -3.0]
     pred = torch.tensor(diffs, dtype=torch.float64)
     out = balanced_l1_loss(pred, torch.zeros_like(pred), alpha=alpha, gamma=gamma, beta=beta, reduction="none")
@@ -91,7 +91,7 @@ def test_balanced_l1_gradient_is_the_papers(alpha, gamma):
 
 
 def test_balanced_l1_gradient_general_beta():
-    """Derivative of the seed's inlier branch: α·ln(bd/β + 1) + α(bd + 1)/(bd + β) − α (so α(1/β − 1) at 0)."""
+    """Derivative of MMDetection 3.x's inlier branch: α·ln(bd/β + 1) + α(bd + 1)/(bd + β) − α (so α(1/β − 1) at 0)."""
     alpha, gamma, beta = 0.5, 1.5, 0.5
     b = math.exp(gamma / alpha) - 1
     d = torch.tensor([1e-12, 0.1, 0.3, 0.45], dtype=torch.float64, requires_grad=True)
@@ -201,7 +201,7 @@ def test_integer_target_is_cast_to_pred_dtype(loss_fn):
     ],
 )
 def test_invalid_hyperparameters_raise(call, match):
-    """Seed asserts β > 0; α > 0 keeps b = e^{γ/α} − 1 defined."""
+    """MMDetection 3.x asserts β > 0; α > 0 keeps b = e^{γ/α} − 1 defined."""
     with pytest.raises(ValueError, match=match):
         call(torch.zeros(2), torch.ones(2))
 

@@ -1,5 +1,5 @@
 """Segmentation functionals against hand-worked masks and a literal sort-based OHEM reference (PIDNet's
-``OhemCrossEntropy._ohem_forward`` as described in netspresso.md §7)."""
+``OhemCrossEntropy._ohem_forward`` as described in PIDNet's OHEM loss in NetsPresso Trainer 1.4.1)."""
 
 from __future__ import annotations
 
@@ -113,7 +113,7 @@ def test_ohem_gradient_flows_only_through_kept_pixels():
 
 
 def test_ohem_all_ignored_is_zero_with_graph():
-    """Reference: the seed returns NaN (or fails) when every pixel is ignored; here 0 with a graph."""
+    """Reference: NetsPresso 1.4.1's PIDNet OHEM is NaN (or fails) when every pixel is ignored; here 0, with a graph."""
     pred = torch.randn(1, 3, 2, 2, requires_grad=True)
     got = ohem_cross_entropy(pred, torch.full((1, 2, 2), 255), ignore_index=255)
     assert got == 0
@@ -166,7 +166,7 @@ def test_balanced_boundary_bce_equals_pidnet_weighted_bce():
 
 
 def test_balanced_boundary_bce_without_positives_is_zero():
-    """Reference: netspresso.md §5 (0/255 edges): no target equals 1 -> every weight is 0 -> loss 0."""
+    """Reference: NetsPresso's pidnet_loss (0/255 edges): no target equals 1 -> every weight is 0 -> loss 0."""
     pred = torch.randn(1, 1, 3, 3, requires_grad=True)
     got = balanced_boundary_bce(pred, torch.tensor([0.0, 255.0]).repeat(5)[:9].reshape(1, 3, 3))
     assert got == 0

@@ -41,7 +41,7 @@ def test_ohem_module_equals_functional(class_weight):
 
 
 def test_ohem_defaults_are_pidnets_configs():
-    """Reference: PIDNet-S cityscapes / camvid configs (netspresso.md §7): thres 0.9, min_kept 131072, ignore 255."""
+    """Reference: PIDNet-S cityscapes / camvid configs (NetsPresso 1.4.1): thres 0.9, min_kept 131072, ignore 255."""
     module = OhemCrossEntropyLoss()
     assert (module.thres, module.min_kept, module.ignore_index) == (0.9, 131072, 255)
 

@@ -1,5 +1,5 @@
 """PIDNetCriterion: each term by hand on a tiny mask, and literal references for NetsPresso Trainer's
-``pidnet_loss`` (netspresso.md §5) and PIDNet's OHEM training loss (netspresso.md §7)."""
+``pidnet_loss`` (NetsPresso's pidnet_loss) and PIDNet's OHEM training loss (NetsPresso Trainer 1.4.1)."""
 
 from __future__ import annotations
 
@@ -187,7 +187,7 @@ def test_boundary_target_derived_from_a_two_region_mask():
 
 @pytest.mark.parametrize("ohem", [True, False])
 def test_all_ignored_is_finite_zero_with_graph(ohem):
-    """Reference: the seeds give NaN (mean over no pixel); here every term is 0, differentiable, zero gradient."""
+    """Reference: the references give NaN (mean over no pixel); here every term is 0, differentiable, zero gradient."""
     aux, logits, boundary, target, _ = random_inputs(1)
     inputs = [t.requires_grad_(True) for t in (aux, logits, boundary)]
     got = PIDNetCriterion(3, ohem=ohem)(*inputs, torch.full_like(target, 255))

@@ -1,4 +1,4 @@
-"""YOLOXCriterion against a literal per-image NetsPresso Trainer ``yolox_loss`` reference (netspresso.md §3).
+"""YOLOXCriterion against a literal per-image NetsPresso Trainer ``yolox_loss`` reference (NetsPresso Trainer 1.4.1).
 
 ``reference_yolox`` decodes the fused maps per level with the cell grid, converts the boxes to cxcywh,
 assigns each image on its own (center prior 1.5·stride, cost ``BCE(sqrt(σcls·σobj)) + 3·(-log(IoU + 1e-8))
@@ -258,7 +258,7 @@ def test_random_maps_and_derived_strides_equal_reference():
 
 
 def test_batch_without_boxes_is_the_objectness_sum():
-    """Reference: netspresso.md §3 edge case: no box anywhere -> num_fg = 1, only Σ BCE(obj, 0) remains."""
+    """Reference: NetsPresso's yolox_loss edge case: no box anywhere -> num_fg = 1, only Σ BCE(obj, 0) remains."""
     generator = torch.Generator().manual_seed(3)
     outputs = [torch.randn(2, 8, IMAGE // s, IMAGE // s, generator=generator, requires_grad=True) for s in STRIDES]
     empty = [{"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.long)}] * 2
@@ -275,7 +275,7 @@ def test_batch_without_boxes_is_the_objectness_sum():
 
 
 def test_does_not_modify_outputs_or_targets():
-    """Reference: netspresso.md §3 (NetsPresso rewrites target boxes to cxcywh); here nothing is mutated."""
+    """Reference: NetsPresso's yolox_loss (NetsPresso rewrites target boxes to cxcywh); here nothing is mutated."""
     outputs, targets = scene(4)
     outputs_before, targets_before = copy.deepcopy(outputs), copy.deepcopy(targets)
     YOLOXCriterion(4)(outputs, targets)
@@ -299,7 +299,7 @@ def test_fused_and_triple_inputs_agree():
 
 
 def test_l1_activate_epoch_switch():
-    """Reference: netspresso.md §3: L1 on iff epoch is None or epoch >= l1_activate_epoch (1-based)."""
+    """Reference: NetsPresso's yolox_loss: L1 on iff epoch is None or epoch >= l1_activate_epoch (1-based)."""
     outputs, targets = scene(6)
     outputs = [o.requires_grad_(True) for o in outputs]
     criterion = YOLOXCriterion(4, l1_activate_epoch=3)
@@ -326,7 +326,7 @@ def test_l1_activate_epoch_switch():
 
 
 def test_bf16_autocast_cost_in_float32_finite():
-    """Reference: netspresso.md §3 (class cost in float32, autocast off): bf16 maps with saturated logits give
+    """Reference: NetsPresso's yolox_loss (class cost in float32, autocast off): bf16 maps with saturated logits give
     finite terms and gradients, and the same positives as the float32 maps of the same values."""
     outputs, targets = scene(7)
     low = []
@@ -347,7 +347,7 @@ def test_bf16_autocast_cost_in_float32_finite():
 
 
 def test_overflowing_box_of_a_negative_prior_keeps_terms_finite():
-    """Reference: netspresso.md §3 (the IoU term runs over the positives only): a negative prior whose
+    """Reference: NetsPresso's yolox_loss (the IoU term runs over the positives only): a negative prior whose
     exp(t_wh) overflows (fp16 training, divergence) leaves every term finite and equal to the reference."""
     outputs, targets = scene(8, batch=2)
     outputs[0][0, 2, 0, 15] = 100.0  # top-right cell of stride 8: far from every box, never a candidate
