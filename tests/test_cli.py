@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 import struct
 import subprocess
@@ -25,6 +26,7 @@ TERMS = {
     "yolox": ["loss_bbox", "loss_obj", "loss_cls", "loss_l1"],
     "yolov8": ["loss_cls", "loss_bbox", "loss_dfl"],
     "pidnet": ["loss_aux", "loss_sem", "loss_boundary", "loss_bas"],
+    "detr": [f"loss_{t}{s}" for s in ("", "_aux_0", "_enc") for t in ("vfl", "bbox", "giou")],
 }
 METRIC = {"pidnet": "val/miou"}
 
@@ -135,6 +137,31 @@ def test_config_fits_and_logs_every_term(name, tmp_path):
         assert value["min"] == pytest.approx(min(logged), rel=1e-6), key
         assert value["last"] == pytest.approx(logged[-1], rel=1e-6), key
     assert not isinstance(summary[METRIC.get(name, "val/map_50")], dict)  # other metrics keep their last value
+
+
+@pytest.mark.parametrize("name", sorted([*TERMS, "detr"]))
+def test_config_fits_in_bf16_true(name, tmp_path):
+    """``--trainer.precision=bf16-true`` (the model, its inputs and the default dtype in bf16) fits every preset's
+    demo config: two steps and a validation batch on tiny images, every logged validation loss finite."""
+    proc = run_cli(
+        "fit",
+        CONFIGS / f"{name}.yaml",
+        tmp_path,
+        "--trainer.precision=bf16-true",
+        "--trainer.max_steps=2",
+        "--trainer.limit_val_batches=1",
+        "--trainer.num_sanity_val_steps=0",
+        "--trainer.logger=false",
+        "--data.init_args.num_train=8",
+        "--data.init_args.num_val=4",
+        "--data.init_args.batch_size=4",
+        "--data.init_args.image_size=64",
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    summary = next(line for line in proc.stdout.splitlines() if line.startswith("summary:"))
+    losses = dict(field.split("=") for field in summary.split()[1:] if "/loss" in field)
+    assert {f"val/{term}" for term in [*TERMS.get(name, []), "loss"]} <= set(losses), summary
+    assert all(math.isfinite(float(value)) for value in losses.values()), summary
 
 
 def test_rerun_into_the_same_directory_and_override(tmp_path):
