@@ -184,27 +184,21 @@ class DETRCriterion(Criterion):
         queries = self.matcher.solve(torch.stack(costs), counts)  # (L, B, M)
         (num_boxes,) = reduce_mean(gts.mask.sum(dtype=torch.float32)[None]).unbind()
         normaliser = num_boxes.clamp(min=1.0)
-        box_index = torch.arange(gts.mask.shape[1], device=gts.mask.device).expand_as(gts.mask)
+        box_index = torch.arange(gts.mask.shape[1], dtype=torch.long, device=gts.mask.device).expand_as(gts.mask)
         names = ["", *(f"_aux_{i}" for i in range(len(aux))), *(["_enc"] if enc else [])]
         result: dict[str, Tensor] = {}
         for layer, (suffix, (logits, boxes)) in enumerate(zip(names, matched_sets, strict=True)):
             match = SetMatch(queries[layer], box_index, gts.mask, 1)
             terms = self._layer(logits, boxes, match, gts, corners, centers, num_boxes, normaliser, track=not suffix)
             result.update({term + suffix: value for term, value in terms.items()})
-        self._zeros(result, "_aux", aux, self.num_aux_layers, final[0])
-        if self.encoder and not enc:
-            result.update({term + "_enc": _zero(final[0]) for term in self._base})
         if dn:
             match = _denoising(dn_meta, counts, gts.mask)
             for i, (logits, boxes) in enumerate(dn):
                 terms = self._layer(logits, boxes, match, gts, corners, centers, num_boxes, normaliser, False)
                 result.update({f"{term}_dn_{i}": value for term, value in terms.items()})
-        self._zeros(result, "_dn", dn, self.num_dn_layers, final[0])
-        return result
-
-    @property
-    def _base(self) -> tuple[str, str, str]:
-        return (self.cls_term, "loss_bbox", "loss_giou")
+        # A configured set this call did not get (evaluation, no denoising groups) scores a graph-connected 0.
+        zero = final[0].float().sum() * 0.0
+        return {term: result.get(term, zero) for term in self.terms}
 
     def _optional(
         self, layers: Sequence[Layer] | None, name: str, expected: int, batch: int, queries: int | None = None
@@ -221,10 +215,6 @@ class DETRCriterion(Criterion):
                 expect = f"({batch}, {queries}, …)" if queries is not None else f"{batch} images"
                 raise ValueError(f"`{name}[{i}]` has logits of shape {tuple(logits.shape)}, expected {expect}")
         return pairs
-
-    def _zeros(self, result: dict[str, Tensor], tag: str, given: list, expected: int, anchor: Tensor) -> None:
-        if expected and not given:
-            result.update({f"{term}{tag}_{i}": _zero(anchor) for i in range(expected) for term in self._base})
 
     def _layer(
         self,
@@ -300,11 +290,6 @@ def _term(spec: LossSpec, default: Any) -> LossMetric:
 def _upcast(x: Tensor) -> Tensor:
     """Half-precision predictions are scored in float32 (sums and counts stay float32); others as they are."""
     return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
-
-
-def _zero(anchor: Tensor) -> Tensor:
-    """A float32 zero connected to ``anchor``'s graph (a configured term with nothing to score)."""
-    return anchor.float().sum() * 0.0
 
 
 def _call(module: LossMetric, track: bool, pred: Tensor, target: Tensor, weight: Tensor | None, avg: Tensor) -> Tensor:
