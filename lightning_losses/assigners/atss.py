@@ -119,7 +119,7 @@ class ATSSAssigner:
         values = cand_ious.masked_fill(~is_pos, float("-inf")).reshape(batch, -1)
         best = priors.new_full((batch, num_priors), float("-inf"))
         best.scatter_reduce_(1, flat, values, reduce="amax")
-        box_index = torch.arange(num_gts, device=device).expand_as(cand).reshape(batch, -1)
+        box_index = torch.arange(num_gts, dtype=torch.long, device=device).expand_as(cand).reshape(batch, -1)
         winner = is_pos.reshape(batch, -1) & (values == best.gather(1, flat))
         first = torch.full((batch, num_priors), num_gts, dtype=torch.long, device=device)
         first.scatter_reduce_(1, flat, box_index.masked_fill(~winner, num_gts), reduce="amin")

@@ -93,8 +93,8 @@ def denoising_match(
     device = mask.device
     flat = torch.cat([index.to(device=device, dtype=torch.long) for index in positive_idx])
     counts = mask.sum(1)[:, None, None]
-    group = torch.arange(num_groups, device=device)[None, :, None]
-    box = torch.arange(width, device=device)[None, None, :].expand(batch, num_groups, width)
+    group = torch.arange(num_groups, dtype=torch.long, device=device)[None, :, None]
+    box = torch.arange(width, dtype=torch.long, device=device)[None, None, :].expand(batch, num_groups, width)
     valid = box < counts
     per_image = counts * num_groups
     position = (torch.cumsum(per_image, 0) - per_image) + group * counts + box
@@ -194,7 +194,7 @@ class HungarianMatcher(RecordsInit):
         gts = gt_boxes.float()
         batch, queries, classes = logits.shape
         index = gt_labels.long().clamp(0, classes - 1)[:, None, :].expand(batch, queries, -1)
-        cost = torch.zeros(batch, queries, gts.shape[1], device=logits.device)
+        cost = torch.zeros(batch, queries, gts.shape[1], dtype=torch.float32, device=logits.device)
         if self.cost_class:
             if self.class_cost == "softmax":
                 cost -= self.cost_class * logits.softmax(-1).gather(-1, index)

@@ -111,7 +111,7 @@ class MaxIoUAssigner:
 
         if self.match_low_quality and num_gts:
             claims = gts.mask & (gt_max >= self.min_pos_iou) & (gt_max > 0)
-            box_ids = torch.arange(1, num_gts + 1, device=device).expand(batch, num_gts)
+            box_ids = torch.arange(1, num_gts + 1, dtype=torch.long, device=device).expand(batch, num_gts)
             # The last box (in order) that claims a prior wins, as if boxes overwrote one another.
             claimed = torch.zeros(batch, num_priors, dtype=torch.long, device=device)
             if self.gt_max_assign_all:

@@ -192,7 +192,7 @@ class SimOTAAssigner:
 
         # Each box takes its k cheapest candidates.
         order = cost.topk(topk, dim=2, largest=False).indices  # (B, G, topk)
-        take = torch.arange(topk, device=device) < dynamic_k[..., None]
+        take = torch.arange(topk, dtype=torch.long, device=device) < dynamic_k[..., None]
         take &= torch.isfinite(cost.gather(2, order))
         matching = torch.zeros(batch, num_gts, num_priors, dtype=torch.bool, device=device)
         matching.scatter_(2, order, take)

@@ -210,9 +210,9 @@ class TaskAlignedAssigner:
 
         # Per box: its top-k priors with their metric and IoU. Per prior: the box it overlaps most so far.
         top_index, top_metric, top_iou = [], [], []
-        best_iou = torch.full((batch, num_priors), -1.0, device=device)
+        best_iou = torch.full((batch, num_priors), -1.0, dtype=torch.float32, device=device)
         best_box = torch.zeros(batch, num_priors, dtype=torch.long, device=device)
-        best_metric = torch.zeros(batch, num_priors, device=device)
+        best_metric = torch.zeros(batch, num_priors, dtype=torch.float32, device=device)
         for start in range(0, num_gts, chunk):
             part = slice(start, start + chunk)
             metric, domain = run_kernel(
@@ -244,13 +244,13 @@ class TaskAlignedAssigner:
         claimed = metric > 0
         # Non-claims write into a spare column P; where a prior has one claim these scatters are exact.
         column = torch.where(claimed, index, num_priors)
-        box_of = torch.arange(num_gts, device=device).repeat_interleave(topk).expand(batch, -1)
+        box_of = torch.arange(num_gts, dtype=torch.long, device=device).repeat_interleave(topk).expand(batch, -1)
         claims = torch.zeros(batch, num_priors + 1, dtype=torch.int32, device=device)
         claims.scatter_add_(1, column, torch.ones_like(column, dtype=torch.int32))
         claims = claims[:, :num_priors]
         one_box = torch.zeros(batch, num_priors + 1, dtype=torch.long, device=device).scatter_(1, column, box_of)
-        one_metric = torch.zeros(batch, num_priors + 1, device=device).scatter_(1, column, metric)
-        one_iou = torch.zeros(batch, num_priors + 1, device=device).scatter_(1, column, ious)
+        one_metric = torch.zeros(batch, num_priors + 1, dtype=torch.float32, device=device).scatter_(1, column, metric)
+        one_iou = torch.zeros(batch, num_priors + 1, dtype=torch.float32, device=device).scatter_(1, column, ious)
         several = claims > 1
         positive = claims > 0
         matched = torch.where(several, best_box, one_box[:, :num_priors])
@@ -259,8 +259,10 @@ class TaskAlignedAssigner:
 
         # Each box's largest metric and IoU over the positives finally matched to it (spare column G: negatives).
         slot = torch.where(positive, matched, num_gts)
-        box_metric = torch.zeros(batch, num_gts + 1, device=device).scatter_reduce_(1, slot, matched_metric, "amax")
-        box_iou = torch.zeros(batch, num_gts + 1, device=device).scatter_reduce_(1, slot, matched_iou, "amax")
+        box_metric = torch.zeros(batch, num_gts + 1, dtype=torch.float32, device=device)
+        box_metric = box_metric.scatter_reduce_(1, slot, matched_metric, "amax")
+        box_iou = torch.zeros(batch, num_gts + 1, dtype=torch.float32, device=device)
+        box_iou = box_iou.scatter_reduce_(1, slot, matched_iou, "amax")
         target = matched_metric * box_iou.gather(1, slot) / (box_metric.gather(1, slot) + self.eps)
         return TaskAlignedResult(
             torch.where(positive, matched + 1, 0),

@@ -157,7 +157,10 @@ def flatten_levels(maps: Sequence[Tensor], channels: int, name: str) -> Tensor:
 
 def level_indices(counts: Sequence[int], device: torch.device | str = "cpu") -> Tensor:
     """The level index of each row of priors concatenated over levels with ``counts`` rows each."""
-    return torch.repeat_interleave(torch.arange(len(counts), device=device), torch.tensor(list(counts), device=device))
+    return torch.repeat_interleave(
+        torch.arange(len(counts), dtype=torch.long, device=device),
+        torch.tensor(list(counts), dtype=torch.long, device=device),
+    )
 
 
 def valid_flags(
@@ -184,8 +187,8 @@ def valid_flags(
     for (height, width), stride in zip(featmap_sizes, strides, strict=True):
         valid_h = torch.clamp(torch.ceil(pad_shapes[:, 0].float() / stride), max=height)
         valid_w = torch.clamp(torch.ceil(pad_shapes[:, 1].float() / stride), max=width)
-        ys = torch.arange(height, device=pad_shapes.device).repeat_interleave(width)
-        xs = torch.arange(width, device=pad_shapes.device).repeat(height)
+        ys = torch.arange(height, dtype=torch.long, device=pad_shapes.device).repeat_interleave(width)
+        xs = torch.arange(width, dtype=torch.long, device=pad_shapes.device).repeat(height)
         cell = (ys[None] < valid_h[:, None]) & (xs[None] < valid_w[:, None])
         flags.append(cell.repeat_interleave(num_base_priors, dim=1))
     return torch.cat(flags, dim=1)

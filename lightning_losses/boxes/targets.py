@@ -56,18 +56,18 @@ def pad_targets(
     if not boxes:
         raise ValueError("`targets` is empty: give one dict per image")
     device = device if device is not None else boxes[0].device
-    counts = torch.tensor([b.shape[0] for b in boxes])
+    counts = torch.tensor([b.shape[0] for b in boxes], dtype=torch.long)
     size = max(int(counts.max()), 1)
     batch = len(boxes)
     counts = counts.to(device)
-    rows = torch.repeat_interleave(torch.arange(batch, device=device), counts)
+    rows = torch.repeat_interleave(torch.arange(batch, dtype=torch.long, device=device), counts)
     starts = torch.cumsum(counts, 0) - counts
-    cols = torch.arange(rows.shape[0], device=device) - starts[rows]
-    out_boxes = torch.zeros(batch, size, 4, device=device)
+    cols = torch.arange(rows.shape[0], dtype=torch.long, device=device) - starts[rows]
+    out_boxes = torch.zeros(batch, size, 4, dtype=torch.float32, device=device)
     out_labels = torch.full((batch, size), -1, dtype=torch.long, device=device)
     out_boxes[rows, cols] = torch.cat(boxes).to(device)
     out_labels[rows, cols] = torch.cat(labels).to(device)
-    mask = torch.arange(size, device=device)[None, :] < counts[:, None]
+    mask = torch.arange(size, dtype=torch.long, device=device)[None, :] < counts[:, None]
     return PaddedTargets(out_boxes, out_labels, mask)
 
 

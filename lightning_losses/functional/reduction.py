@@ -130,6 +130,8 @@ def reduction_divisor(numel: int, reduction: str, avg_factor: float | Tensor | N
         raise ValueError('`avg_factor` cannot be used with reduction="sum"')
     if reduction == "none":
         return None
+    if isinstance(avg_factor, Tensor) and not avg_factor.is_floating_point():
+        avg_factor = avg_factor.float()  # a count: float32, whatever the default dtype (bf16-true)
     return avg_factor + _EPS
 
 

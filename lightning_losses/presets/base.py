@@ -80,6 +80,18 @@ class Criterion(RecordsInit, nn.Module):
         """The ``LossMetric`` behind each term of the last call (terms computed otherwise are left out)."""
         return {term: self.get_submodule(path) for term, path in self._term_paths.items()}
 
+    def _apply(self, fn: Any, recurse: bool = True) -> Criterion:
+        # A criterion's buffers are constants of the loss (anchor sizes, bin centres): `.to(device)` moves them,
+        # but a dtype cast of the model (Lightning's bf16-true / 16-true convert the whole module) must not round
+        # them, so they keep the dtype they were built with.
+        before = dict(self._buffers)
+        super()._apply(fn, recurse)
+        for name, old in before.items():
+            new = self._buffers.get(name)
+            if old is not None and new is not None and new.dtype != old.dtype:
+                self._buffers[name] = old.to(device=new.device)
+        return self
+
 
 class DenseCriterion(Criterion):
     """Base of the dense-detector criteria.

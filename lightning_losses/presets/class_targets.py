@@ -44,7 +44,7 @@ def onehot_targets(labels: Tensor, num_classes: int, dtype: torch.dtype) -> Tens
                 [0., 0., 0.],
                 [0., 0., 0.]])
     """
-    return (labels.unsqueeze(-1) == torch.arange(num_classes, device=labels.device)).to(dtype)
+    return (labels.unsqueeze(-1) == torch.arange(num_classes, dtype=torch.long, device=labels.device)).to(dtype)
 
 
 def class_targets(loss: nn.Module, labels: Tensor, num_classes: int, dtype: torch.dtype) -> Tensor:

@@ -145,7 +145,8 @@ class YOLOFastestCriterion(DenseCriterion):
             )
             cell = torch.stack([xs, ys], dim=-1).reshape(1, h * w, 2).expand(self.num_anchors, -1, -1)
             cells.append(cell.reshape(-1, 2))
-            level_strides.append(torch.full((self.num_anchors * h * w,), float(stride), device=device))
+            count = self.num_anchors * h * w
+            level_strides.append(torch.full((count,), float(stride), dtype=torch.float32, device=device))
             anchor_sizes.append(level_anchors[:, None, :].expand(-1, h * w, -1).reshape(-1, 2))
         return torch.cat(cells), torch.cat(level_strides), torch.cat(anchor_sizes)
 

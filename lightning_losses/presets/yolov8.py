@@ -180,10 +180,12 @@ class YOLOv8Criterion(DenseCriterion):
             points, stride = [], []
             for (h, w), s in zip(sizes, strides, strict=True):
                 ys, xs = torch.meshgrid(
-                    torch.arange(h, device=device) + 0.5, torch.arange(w, device=device) + 0.5, indexing="ij"
+                    torch.arange(h, dtype=torch.float32, device=device) + 0.5,
+                    torch.arange(w, dtype=torch.float32, device=device) + 0.5,
+                    indexing="ij",
                 )
                 points.append(torch.stack([xs.reshape(-1), ys.reshape(-1)], dim=-1).float())
-                stride.append(torch.full((h * w, 1), float(s), device=device))
+                stride.append(torch.full((h * w, 1), float(s), dtype=torch.float32, device=device))
             self._priors[key] = (torch.cat(points), torch.cat(stride))
         return self._priors[key]
 
