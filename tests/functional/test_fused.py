@@ -8,6 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from torch._inductor.exc import CppCompileError, InvalidCxxCompiler
+
 from lightning_losses.functional.kernels import runtime
 from lightning_losses.functional.kernels.elementwise import fused_quality_focal_loss, fused_sigmoid_focal_loss
 from lightning_losses.functional.kernels.runtime import COMPILE_ENV
@@ -100,7 +102,7 @@ def test_failed_compilation_falls_back_to_eager_with_one_warning(monkeypatch):
 
     def broken(fn, **kwargs):
         def fail(*args):
-            raise RuntimeError("no compiler")
+            raise InvalidCxxCompiler()
 
         return fail
 
@@ -121,7 +123,7 @@ def test_compilation_failure_is_kept_with_its_reason_and_reported_once(monkeypat
     def broken(fn, **kwargs):
         def fail(*args):
             attempts.append(fn)
-            raise RuntimeError("no compiler")
+            raise CppCompileError(["c++"], "no compiler")
 
         return fail
 
@@ -134,11 +136,12 @@ def test_compilation_failure_is_kept_with_its_reason_and_reported_once(monkeypat
         for _ in range(3):
             out = fused_sigmoid_focal_loss(x, None, labels, None, 10.0, 2.0, 0.25)
             out.backward()
+    reason = f"CppCompileError: {CppCompileError(['c++'], 'no compiler')}"
     assert [str(w.message) for w in record if "torch.compile" in str(w.message)] == [
-        "torch.compile of focal_labels_sum failed (RuntimeError: no compiler); using eager kernels from now on"
+        f"torch.compile of focal_labels_sum failed ({reason}); using eager kernels from now on"
     ]
     assert len(attempts) == 1
-    assert runtime.compile_failure() == "RuntimeError: no compiler"
+    assert runtime.compile_failure() == reason
     assert not runtime.compiles(x.numel())
     torch.testing.assert_close(out, composite_focal(x, onehot, 2.0, 0.25).sum() / 10.0)
 

@@ -14,6 +14,7 @@ half-precision inputs are computed in float32. The per-element math is in
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -25,9 +26,9 @@ from lightning_losses.functional.kernels.focal import focal_dense, focal_dense_g
 from lightning_losses.functional.kernels.qfl import qfl, qfl_grad
 from lightning_losses.functional.kernels.runtime import (
     cached_kernel,
-    compiles,
     compute_dtype,
     row_chunks,
+    run_chunked,
     run_kernel,
     to_compute,
 )
@@ -93,7 +94,7 @@ def _grad_kernel(grad_fn: Callable[..., Tensor]) -> Callable[..., None]:
     return cached_kernel("grad", grad_fn, kernel)
 
 
-def _take(rows: slice, *tensors: Tensor | None) -> list[Tensor | None]:
+def _take(rows: slice, tensors: tuple[Tensor | None, ...]) -> list[Tensor | None]:
     return [None if t is None else t[rows] for t in tensors]
 
 
@@ -107,20 +108,31 @@ class _ElementwiseLoss(torch.autograd.Function):
         ctx: Any, spec: ElementwiseSpec, pred: Tensor, weight: Tensor | None, *tensors: Tensor | None
     ) -> Tensor:
         numel = pred.numel()
+        tensors_of = functools.partial(_take, tensors=(pred, weight, *tensors))
         if spec.divisor is None:
             out = torch.empty(pred.shape[:1] if spec.per_row else pred.shape, dtype=pred.dtype, device=pred.device)
             kernel = _out_kernel(spec.fn, spec.per_row)
-            # Compiled on the CPU, inductor stores reused exp/log terms whose loop it cannot fuse with a row-wise
-            # reduction (QFL's): chunks bound those buffers.
-            for rows in row_chunks(pred, whole=not spec.per_row and compiles(numel)):
-                run_kernel(kernel, numel, out[rows], *_take(rows, pred, weight, *tensors), *spec.consts)
-            result = out
+
+            def fill(compiled: bool) -> Tensor:
+                # Compiled on the CPU, inductor stores reused exp/log terms whose loop it cannot fuse with a
+                # row-wise reduction (QFL's): chunks bound those buffers.
+                whole = compiled and not spec.per_row
+                for rows in row_chunks(pred, whole=whole):
+                    run_kernel(kernel, numel, out[rows], *tensors_of(rows), *spec.consts, whole=whole)
+                return out
+
+            result = run_chunked(fill, numel)
         else:
             kernel = _sum_kernel(spec.fn)
-            parts = [pred.new_zeros((), dtype=compute_dtype(pred.dtype))]
-            for rows in row_chunks(pred, whole=not spec.per_row and compiles(numel)):
-                parts.append(run_kernel(kernel, numel, *_take(rows, pred, weight, *tensors), *spec.consts))
-            result = (parts[-1] if len(parts) == 2 else torch.stack(parts).sum()) / spec.divisor
+
+            def total(compiled: bool) -> Tensor:
+                whole = compiled and not spec.per_row
+                parts = [pred.new_zeros((), dtype=compute_dtype(pred.dtype))]
+                for rows in row_chunks(pred, whole=whole):
+                    parts.append(run_kernel(kernel, numel, *tensors_of(rows), *spec.consts, whole=whole))
+                return parts[-1] if len(parts) == 2 else torch.stack(parts).sum()
+
+            result = run_chunked(total, numel) / spec.divisor
         ctx.spec = spec
         ctx.save_for_backward(pred, weight, *tensors)
         return result
@@ -135,10 +147,15 @@ class _ElementwiseLoss(torch.autograd.Function):
         grad = torch.empty_like(pred)
         numel = pred.numel()
         kernel = _grad_kernel(spec.grad_fn)
-        for rows in row_chunks(pred, whole=compiles(numel)):
-            x, w, *chunk = _take(rows, pred, weight, *tensors)
-            c = coef if coef.ndim == 0 else coef[rows]
-            run_kernel(kernel, numel, grad[rows], x, w, c, *chunk, *spec.consts)
+
+        def fill(whole: bool) -> Tensor:
+            for rows in row_chunks(pred, whole=whole):
+                x, w, *chunk = _take(rows, (pred, weight, *tensors))
+                c = coef if coef.ndim == 0 else coef[rows]
+                run_kernel(kernel, numel, grad[rows], x, w, c, *chunk, *spec.consts, whole=whole)
+            return grad
+
+        run_chunked(fill, numel)
         return (None, grad, None, *(None for _ in tensors))
 
 

@@ -23,9 +23,9 @@ from torch import Tensor
 from lightning_losses.functional.kernels.runtime import (
     COMPILE_MIN_ELEMENTS,
     cached_kernel,
-    compiles,
     compute_dtype,
     row_chunks,
+    run_chunked,
     run_kernel,
 )
 from lightning_losses.functional.reduction import (
@@ -154,15 +154,20 @@ class _RowwiseLoss(torch.autograd.Function):
         dtype = compute_dtype(pred.dtype)
         numel = pred.numel()
         kernel = _forward_kernel(spec.fn, spec.kind, spec.saves)
-        parts, saved_parts = [], []
-        for rows in row_chunks(pred, compiles(numel, spec.min_elements), MAX_CHUNK_ROWS):
-            x, t = pred[rows].to(dtype), target[rows].to(dtype)
-            w = None if weight is None else weight[rows].to(dtype)
-            part = run_kernel(kernel, numel, x, t, w, *spec.args, min_elements=spec.min_elements)
-            if spec.saves:
-                part, saved_part = part
-                saved_parts.append(saved_part)
-            parts.append(part)
+
+        def run(whole: bool) -> tuple[list[Tensor], list[Tensor]]:
+            parts, saved_parts = [], []
+            for rows in row_chunks(pred, whole, MAX_CHUNK_ROWS):
+                x, t = pred[rows].to(dtype), target[rows].to(dtype)
+                w = None if weight is None else weight[rows].to(dtype)
+                part = run_kernel(kernel, numel, x, t, w, *spec.args, min_elements=spec.min_elements, whole=whole)
+                if spec.saves:
+                    part, saved_part = part
+                    saved_parts.append(saved_part)
+                parts.append(part)
+            return parts, saved_parts
+
+        parts, saved_parts = run_chunked(run, numel, spec.min_elements)
         saved = None
         if spec.saves:
             saved = torch.cat(saved_parts) if len(saved_parts) > 1 else saved_parts[0] if saved_parts else None
@@ -188,16 +193,21 @@ class _RowwiseLoss(torch.autograd.Function):
         coef = upstream * (spec.scale / spec.divisor) if spec.divisor is not None else upstream * spec.scale
         kernel = _backward_kernel(spec.grad_fn)
         grad = torch.empty_like(pred)
-        # A compiled vector-Jacobian product keeps per-coordinate buffers: it runs chunk by chunk.
-        whole = spec.closed_form and compiles(numel, spec.min_elements)
-        for rows in row_chunks(pred, whole, MAX_CHUNK_ROWS):
-            x, t = pred[rows].to(dtype), target[rows].to(dtype)
-            w = None if weight is None else weight[rows].to(dtype)
-            g = coef if coef.ndim == 0 else coef[rows]
-            up = upstream if upstream.ndim == 0 else upstream[rows]
-            part = None if saved is None else saved[rows]
-            args = (grad[rows], x, t, g, w, has_positive, up, part, *spec.args)
-            run_kernel(kernel, numel, *args, min_elements=spec.min_elements)
+
+        def fill(compiled: bool) -> Tensor:
+            # A compiled vector-Jacobian product keeps per-coordinate buffers: it runs chunk by chunk.
+            whole = compiled and spec.closed_form
+            for rows in row_chunks(pred, whole, MAX_CHUNK_ROWS):
+                x, t = pred[rows].to(dtype), target[rows].to(dtype)
+                w = None if weight is None else weight[rows].to(dtype)
+                g = coef if coef.ndim == 0 else coef[rows]
+                up = upstream if upstream.ndim == 0 else upstream[rows]
+                part = None if saved is None else saved[rows]
+                args = (grad[rows], x, t, g, w, has_positive, up, part, *spec.args)
+                run_kernel(kernel, numel, *args, min_elements=spec.min_elements, whole=whole)
+            return grad
+
+        run_chunked(fill, numel, spec.min_elements)
         return None, grad, None, None
 
 
