@@ -7,7 +7,6 @@ import warnings
 import pytest
 import torch
 import torch.nn.functional as F
-
 from torch._inductor.exc import CppCompileError, InvalidCxxCompiler
 
 from lightning_losses.functional.kernels import runtime

@@ -35,8 +35,8 @@ __all__ = [
     "COMPILE_ENV",
     "COMPILE_MIN_ELEMENTS",
     "cached_kernel",
-    "compile_fallbacks",
     "compile_failure",
+    "compile_fallbacks",
     "compiles",
     "compute_dtype",
     "row_chunks",
@@ -76,7 +76,7 @@ class _Compiler:
     enabled: bool | None = None
 
 
-class _ChunkedFallback(Exception):
+class _ChunksNeededError(Exception):
     """Raised by :func:`run_kernel` on a whole input it will not compile: :func:`run_chunked` reruns in chunks."""
 
 
@@ -203,7 +203,7 @@ def _give_up(name: str, reason: str, whole: bool) -> None:
         _compiler.fallbacks[name] = reason
         warnings.warn(f"torch.compile of {name}: {reason}; running it eagerly in chunks", stacklevel=3)
     if whole:
-        raise _ChunkedFallback(reason)
+        raise _ChunksNeededError(reason)
 
 
 def run_kernel(
@@ -257,7 +257,7 @@ def run_kernel(
             f"torch.compile of {name} failed ({_compiler.failure}); using eager kernels from now on", stacklevel=2
         )
         if whole:
-            raise _ChunkedFallback(_compiler.failure) from err
+            raise _ChunksNeededError(_compiler.failure) from err
     with _plain_mode(device_type):
         return fn(*args)
 
@@ -274,7 +274,7 @@ def run_chunked(body: Callable[[bool], T], numel: int, min_elements: int = COMPI
         return body(False)
     try:
         return body(True)
-    except _ChunkedFallback:
+    except _ChunksNeededError:
         return body(False)
 
 
