@@ -250,6 +250,9 @@ def _detr_loss(
 ) -> DETRCriterion:
     """NetsPresso Trainer 1.4.1's ``detr_loss`` fields as a :class:`~lightning_losses.DETRCriterion` (see above);
     ``cur_epoch`` is accepted and ignored, as there."""
+    if not isinstance(matcher, Mapping) and hasattr(matcher, "weight_dict"):  # NetsPresso reads it by attribute
+        keys = ("type", "weight_dict", "alpha", "gamma", "use_focal_loss")
+        matcher = {key: getattr(matcher, key) for key in keys if hasattr(matcher, key)}
     if not isinstance(matcher, Mapping) or not {"weight_dict", "alpha", "gamma", "use_focal_loss"} <= set(matcher):
         got = sorted(matcher) if isinstance(matcher, Mapping) else type(matcher).__name__
         raise ValueError(f"`matcher` needs 'weight_dict', 'alpha', 'gamma' and 'use_focal_loss', got {got}")

@@ -6,6 +6,7 @@ criterion reference (tests/references/detr.py) fed NetsPresso's ``out`` / ``targ
 from __future__ import annotations
 
 import copy
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -91,9 +92,9 @@ def test_vfl_matches_reference_and_leaves_targets_alone(seed):
         assert torch.equal(old["boxes"], new["boxes"])
 
 
-def test_built_through_build_loss_with_a_weight():
+def test_built_through_build_loss_with_a_weight_and_an_attribute_matcher():
     out, target = netspresso_inputs(seed=2)
-    module = build_loss({**CONFIG, "weight": 2.0})
+    module = build_loss({**CONFIG, "weight": 2.0, "matcher": SimpleNamespace(**MATCHER)})  # read as NetsPresso does
     _, total = reference_total(out, target)
     assert float(module(out, target)["loss"]) == pytest.approx(2 * total, rel=1e-5)
 
