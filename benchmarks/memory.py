@@ -61,12 +61,13 @@ def _child(workload: str, params: dict[str, Any], candidate: str, device_name: s
     """Measure in this (child) process."""
     import torch
 
+    from benchmarks.dense_inputs import DENSE_BY_NAME
     from benchmarks.workloads import BY_NAME
 
     torch.set_num_threads(threads)
     device = torch.device(device_name)
     cuda = device.type == "cuda"
-    case = BY_NAME[workload].build(params, device)
+    case = (DENSE_BY_NAME[workload] if workload in DENSE_BY_NAME else BY_NAME[workload]).build(params, device)
     if candidate not in case.candidates:
         return MemoryResult(error="; ".join(case.notes) or f"no candidate {candidate!r}")
     fn = case.candidates[candidate]

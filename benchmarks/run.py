@@ -48,6 +48,8 @@ from benchmarks import yolov8
 from benchmarks.baselines import VENDOR, VENDOR_ENV, load_netspresso
 from benchmarks.breakdown import breakdown
 from benchmarks.collectives import collectives_section
+from benchmarks.dense_sizes import dense_rows, render_dense
+from benchmarks.dense_sizes import selected as dense_selected
 from benchmarks.memory import MemoryResult, measure, start_forkserver
 from benchmarks.report import Row, StageRow, machine_info, render
 from benchmarks.timing import quartiles, thread_check, time_interleaved
@@ -94,7 +96,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
     parser.add_argument("--jobs", type=int, default=2, help="memory-measuring processes run at once")
     parser.add_argument(
-        "--only", action="append", default=[], help="run workloads whose name contains this ('ddp': the DDP fit)"
+        "--only",
+        action="append",
+        default=[],
+        help="run workloads whose name contains this ('ddp': the DDP fit; 'dense': every dense preset vs MMDetection)",
     )
     parser.add_argument("--memory-timeout", type=float, default=900.0, help="seconds per memory process")
     parser.add_argument(
@@ -218,7 +223,8 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     check_start = thread_check(args.threads)
     machine = machine_info()
-    selected = [w for w in WORKLOADS if not args.only or any(s.lower() in w.name.lower() for s in args.only)]
+    only = [s for s in args.only if s.lower() != "dense"]
+    selected = [w for w in WORKLOADS if not args.only or any(s.lower() in w.name.lower() for s in only)]
     plan = [(w, dict(p)) for w in selected for p in (w.quick if args.quick else w.full)]
     os.environ[VENDOR_ENV] = str(args.vendor.resolve())  # the workloads and the memory children read it
     ns = load_netspresso()
@@ -229,6 +235,7 @@ def main(argv: list[str] | None = None) -> None:
         notes.append(f"NetsPresso rows skipped: {ns}")
     rows: list[Row] = []
     stages: list[StageRow] = []
+    dense = []
     loads = []
     for device in _devices(args.device):
         memory = _memory_phase(plan, available, device, args)
@@ -239,6 +246,8 @@ def main(argv: list[str] | None = None) -> None:
             rows += r
             stages += s
             gc.collect()
+        if dense_selected(args):
+            dense += dense_rows(device, args.quick, args.rounds, args.jobs, args.memory_timeout, _log)
     run_ddp = not args.no_ddp and (not args.only or any("ddp" in s.lower() for s in args.only))
     ddp = collectives_section() if run_ddp else []
     load_end = os.getloadavg()
@@ -271,12 +280,14 @@ def main(argv: list[str] | None = None) -> None:
         notes,
         METHOD.format(threads=args.threads, rounds=rounds, wait_policy=os.environ["OMP_WAIT_POLICY"]),
     )
+    if dense:
+        text = text.rstrip("\n") + "\n\n" + "\n".join(render_dense(dense))
     if ddp:
         text = text.rstrip("\n") + "\n\n" + "\n".join(ddp)
     args.out.write_text(text)
     print(text)
     _log(f"wrote {args.out} in {elapsed / 60:.1f} min")
-    if any(math.isnan(r.candidate_ms) for r in rows):
+    if any(math.isnan(r.candidate_ms) for r in rows) or any(math.isnan(r.ms["package"]) for r in dense):
         sys.exit(1)
 
 
