@@ -15,7 +15,7 @@ per image), one forward + backward of the package's preset and of :mod:`benchmar
   fixed cost of a call (Python, dispatch, op launches, per-image loops), the part that does not shrink with the
   image. On CUDA it is wall time with a synchronisation at the end, so it includes the launches' latency;
 - **memory**: :func:`benchmarks.memory.measure` in a fresh process (``VmHWM`` on CPU,
-  ``torch.cuda.max_memory_allocated`` on CUDA);
+  ``torch.cuda.max_memory_allocated`` on CUDA), the children sharing one inductor cache (no first-call column here);
 - **where the time goes**: :func:`benchmarks.breakdown.breakdown`: assignment / targets, each loss term, the rest
   of the forward, and the backward.
 """
@@ -25,6 +25,8 @@ from __future__ import annotations
 import argparse
 import gc
 import math
+import shutil
+import tempfile
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -105,15 +107,19 @@ def _memory(
 ) -> dict[tuple[str, str, str], MemoryResult]:
     tasks = [(w, p, name) for w, p in plan for name in ((PACKAGE, MMDET) if w.comparisons[0].baseline else (PACKAGE,))]
     start_forkserver()
+    cache = tempfile.mkdtemp(prefix="bench-inductor-dense-")  # warm after the first child: no cold compile each
 
     def one(task: tuple[Workload, dict[str, Any], str]) -> MemoryResult:
         w, p, name = task
-        result = measure(f"dense {w.name}", dict(p), name, str(device), torch.get_num_threads(), timeout)
+        result = measure(f"dense {w.name}", dict(p), name, str(device), torch.get_num_threads(), timeout, cache)
         log(f"  memory dense {w.name} {w.label(p)} {name}: {result.error or f'{result.extra_mb:,.0f} MB'}")
         return result
 
-    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
-        results = list(pool.map(one, tasks))
+    try:
+        with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+            results = list(pool.map(one, tasks))
+    finally:
+        shutil.rmtree(cache, ignore_errors=True)
     return {(w.name, w.label(p), name): r for (w, p, name), r in zip(tasks, results, strict=True)}
 
 

@@ -137,11 +137,21 @@ def start_forkserver() -> ForkServerContext:
 
 
 def measure(
-    workload: str, params: dict[str, Any], candidate: str, device: str, threads: int, timeout_s: float
+    workload: str,
+    params: dict[str, Any],
+    candidate: str,
+    device: str,
+    threads: int,
+    timeout_s: float,
+    shared_cache: str | None = None,
 ) -> MemoryResult:
-    """Measure one candidate in a new child process; errors (crash, timeout, exception) come back in ``error``."""
+    """Measure one candidate in a new child process; errors (crash, timeout, exception) come back in ``error``.
+
+    ``shared_cache``: an inductor cache folder the children share (kept), so only the first child compiles cold;
+    by default each child gets an empty one, so its first call's time includes a cold compilation.
+    """
     context = start_forkserver()
-    cache_dir = tempfile.mkdtemp(prefix="bench-inductor-")
+    cache_dir = shared_cache or tempfile.mkdtemp(prefix="bench-inductor-")
     receiver, sender = context.Pipe(duplex=False)
     process = context.Process(
         target=_entry, args=(sender, cache_dir, workload, params, candidate, device, threads), daemon=True
@@ -160,4 +170,5 @@ def measure(
     finally:
         process.join(10)
         receiver.close()
-        shutil.rmtree(cache_dir, ignore_errors=True)
+        if shared_cache is None:
+            shutil.rmtree(cache_dir, ignore_errors=True)
