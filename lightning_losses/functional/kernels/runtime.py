@@ -8,7 +8,8 @@ Compilation is bounded by design. Dynamo keeps a few compilations per code objec
 (``torch._dynamo.config.recompile_limit``) and anything that changes its guards takes one more: a dtype, the
 value of a Python constant (``gamma``, ``eps``, ``mode``), autocast, inference mode, ``requires_grad``, a
 size of 0 or 1. So :func:`run_kernel` compiles one copy of a kernel per *call signature* (the constants, the
-inference mode, and per tensor its dtype, device, layout and which sizes are 0, 1 or more) and calls it with
+inference mode, and per tensor its dtype, device, layout, which sizes are 0, 1 or more, and whether it is an
+inference tensor) and calls it with
 the rest normalised: detached tensors, no grad, autocast off, the row dimension marked dynamic. One copy then
 sees one compilation, two where another size (the class count) varies. Where a copy hits the limit anyway,
 or the compiler fails (no C++ compiler, an unsupported platform), the kernel runs eagerly *in chunks* and the
@@ -123,19 +124,20 @@ def compiles(numel: int, min_elements: int = COMPILE_MIN_ELEMENTS) -> bool:
 
 
 def _signature(args: tuple[Any, ...]) -> tuple[Any, ...]:
-    """What dynamo guards on, per argument: a tensor's dtype, device, layout and size classes (0, 1, more);
-    a constant's type and value."""
+    """What dynamo guards on, per argument: a tensor's dtype, device, layout, size classes (0, 1, more) and
+    whether it is an inference tensor; a constant's type and value."""
     sig: list[Any] = []
     for a in args:
         if isinstance(a, Tensor):
             sizes = tuple(min(s, 2) for s in a.shape)
             broadcast = tuple(s == 0 for s in a.stride())
-            sig.append((a.dtype, a.device, sizes, a.is_contiguous(), broadcast))
+            sig.append((a.dtype, a.device, sizes, a.is_contiguous(), broadcast, a.is_inference()))
         else:
             try:
-                sig.append((type(a), hash(a), a))
+                hash(a)
             except TypeError:  # an unhashable constant is keyed by its text
-                sig.append((type(a), repr(a)))
+                a = repr(a)
+            sig.append((type(a), a))
     return (torch.is_inference_mode_enabled(), *sig)
 
 
