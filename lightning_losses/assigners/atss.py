@@ -9,7 +9,7 @@ from torch import Tensor
 
 from lightning_losses.assigners.base import AssignResult
 from lightning_losses.boxes.iou import bbox_overlaps
-from lightning_losses.boxes.priors import AnchorGenerator, valid_flags
+from lightning_losses.boxes.priors import AnchorGenerator, image_valid_flags
 from lightning_losses.boxes.targets import PaddedTargets, gather_boxes, pad_targets
 
 __all__ = ["ATSSAssigner", "ATSSTargets", "atss_targets"]
@@ -174,7 +174,7 @@ def atss_targets(
     per_cell = generator.num_base_priors
     counts = [h * w * per_cell for h, w in sizes]
     if priors is None:
-        priors = torch.cat(generator.grid_priors(sizes, device))
+        priors = generator.priors(sizes, device)
     if priors.shape != (sum(counts), 4):
         raise ValueError(f"`priors` must have shape ({sum(counts)}, 4) for these outputs, got {tuple(priors.shape)}")
     priors = priors.float()
@@ -182,8 +182,7 @@ def atss_targets(
     prior_mask = None
     if image_size is not None:
         batch = cls_scores[0].shape[0]
-        pad_shapes = torch.as_tensor(image_size, device=device).reshape(-1, 2).expand(batch, 2)
-        prior_mask = valid_flags(sizes, generator.strides, per_cell, pad_shapes)
+        prior_mask = image_valid_flags(sizes, generator.strides, per_cell, image_size, batch, device)
     assign = assigner.assign(priors, counts, gts, prior_mask)
     positive = assign.positive
     matched = gather_boxes(gts.boxes, assign.matched)

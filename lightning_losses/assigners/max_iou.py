@@ -106,7 +106,7 @@ class MaxIoUAssigner:
                 gt_max = torch.where(better, chunk_max, gt_max)
 
         gt_inds = torch.full((batch, num_priors), -1, dtype=torch.long, device=device)
-        gt_inds[(max_ov >= 0) & (max_ov < self.neg_iou_thr)] = 0
+        gt_inds.masked_fill_((max_ov >= 0) & (max_ov < self.neg_iou_thr), 0)
         gt_inds = torch.where(max_ov >= self.pos_iou_thr, argmax + 1, gt_inds)
 
         if self.match_low_quality and num_gts:

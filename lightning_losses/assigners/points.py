@@ -8,6 +8,7 @@ import torch
 from torch import Tensor
 
 from lightning_losses.assigners.base import AssignResult, chunk_size
+from lightning_losses.boxes.cache import device_constant
 from lightning_losses.boxes.targets import PaddedTargets
 
 __all__ = ["FCOS_REGRESS_RANGES", "PointAssigner"]
@@ -55,8 +56,8 @@ class PointAssigner:
         points = points.float()  # half-precision areas overflow past 65504 px²
         batch, num_gts = gts.mask.shape
         num_points = points.shape[0]
-        ranges = points.new_tensor(self.regress_ranges)[levels]
-        radius = points.new_tensor([float(s) for s in strides])[levels] * self.center_sample_radius
+        ranges = device_constant(self.regress_ranges, points.device)[levels]
+        radius = device_constant([float(s) for s in strides], points.device)[levels] * self.center_sample_radius
         boxes = gts.boxes[..., None, :]  # (B, G, 1, 4)
         areas = ((gts.boxes[..., 2] - gts.boxes[..., 0]) * (gts.boxes[..., 3] - gts.boxes[..., 1])).masked_fill(
             ~gts.mask, float("inf")

@@ -9,6 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from lightning_losses.boxes.cache import device_constant
+
 __all__ = ["DeltaXYWHCoder", "bbox2distance", "distance2bbox", "integral"]
 
 _MAX_RATIO = abs(math.log(16 / 1000))
@@ -67,15 +69,16 @@ class DeltaXYWHCoder:
         gx = (gt_boxes[..., 0] + gt_boxes[..., 2]) * 0.5
         gy = (gt_boxes[..., 1] + gt_boxes[..., 3]) * 0.5
         deltas = torch.stack([(gx - px) / pw, (gy - py) / ph, torch.log(gw / pw), torch.log(gh / ph)], dim=-1)
-        means = deltas.new_tensor(self.means)
-        stds = deltas.new_tensor(self.stds)
+        means = device_constant(self.means, deltas.device, deltas.dtype)
+        stds = device_constant(self.stds, deltas.device, deltas.dtype)
         return (deltas - means) / stds
 
     def decode(self, boxes: Tensor, deltas: Tensor) -> Tensor:
         """Boxes ``(..., 4)`` xyxy obtained by applying ``deltas`` to ``boxes`` (float32 for half-precision deltas)."""
         if deltas.dtype in (torch.float16, torch.bfloat16):
             deltas = deltas.float()
-        deltas = deltas * deltas.new_tensor(self.stds) + deltas.new_tensor(self.means)
+        stds = device_constant(self.stds, deltas.device, deltas.dtype)
+        deltas = deltas * stds + device_constant(self.means, deltas.device, deltas.dtype)
         boxes = boxes.to(deltas.dtype)
         pxy = (boxes[..., :2] + boxes[..., 2:]) * 0.5
         pwh = boxes[..., 2:] - boxes[..., :2]

@@ -12,7 +12,18 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-__all__ = ["AnchorGenerator", "PointGenerator", "flatten_levels", "level_indices", "valid_flags"]
+from lightning_losses.boxes.cache import DeviceCache
+
+__all__ = [
+    "AnchorGenerator",
+    "PointGenerator",
+    "flatten_levels",
+    "image_valid_flags",
+    "level_indices",
+    "point_priors",
+    "prior_strides",
+    "valid_flags",
+]
 
 
 def _grid(height: int, width: int, stride: float, offset: float, device: torch.device) -> tuple[Tensor, Tensor]:
@@ -70,6 +81,7 @@ class AnchorGenerator:
             raise ValueError(f"`base_sizes` needs one value per level ({len(self.strides)}), got {base_sizes}")
         self.center_offset = center_offset
         self.base_anchors = [self._base_anchors(size) for size in self.base_sizes]
+        self._cache = DeviceCache(size=8)
 
     @property
     def num_base_priors(self) -> int:
@@ -88,12 +100,22 @@ class AnchorGenerator:
         """One ``(H·W·A, 4)`` float32 anchor tensor per level."""
         if len(featmap_sizes) != len(self.strides):
             raise ValueError(f"got {len(featmap_sizes)} feature maps for {len(self.strides)} strides {self.strides}")
+        device = torch.device(device)
+        bases = self._cache.get(("base", device), lambda: [b.to(device) for b in self.base_anchors])
         priors = []
-        for (height, width), stride, base in zip(featmap_sizes, self.strides, self.base_anchors, strict=True):
-            xs, ys = _grid(height, width, stride, 0.0, torch.device(device))
+        for (height, width), stride, base in zip(featmap_sizes, self.strides, bases, strict=True):
+            xs, ys = _grid(height, width, stride, 0.0, device)
             shifts = torch.stack([xs, ys, xs, ys], dim=-1)
-            priors.append((shifts[:, None, :] + base.to(device)[None, :, :]).reshape(-1, 4))
+            priors.append((shifts[:, None, :] + base[None, :, :]).reshape(-1, 4))
         return priors
+
+    def priors(self, featmap_sizes: Sequence[tuple[int, int]], device: torch.device | str = "cpu") -> Tensor:
+        """The anchors of every level in one ``(Σ_l H_l·W_l·A, 4)`` tensor, built once per sizes and device.
+
+        Later calls with the same sizes on the same device return the cached tensor (shared: do not modify it).
+        """
+        key = ("priors", tuple((int(h), int(w)) for h, w in featmap_sizes), torch.device(device))
+        return self._cache.get(key, lambda: torch.cat(self.grid_priors(featmap_sizes, device)))
 
 
 class PointGenerator:
@@ -112,6 +134,7 @@ class PointGenerator:
     def __init__(self, strides: Sequence[int], offset: float = 0.5) -> None:
         self.strides = [int(s) for s in strides]
         self.offset = float(offset)
+        self._cache = DeviceCache(size=8)
 
     def grid_priors(self, featmap_sizes: Sequence[tuple[int, int]], device: torch.device | str = "cpu") -> list[Tensor]:
         """One ``(H·W, 2)`` float32 point tensor per level."""
@@ -121,6 +144,14 @@ class PointGenerator:
             torch.stack(_grid(h, w, s, self.offset, torch.device(device)), dim=-1)
             for (h, w), s in zip(featmap_sizes, self.strides, strict=True)
         ]
+
+    def priors(self, featmap_sizes: Sequence[tuple[int, int]], device: torch.device | str = "cpu") -> Tensor:
+        """The points of every level in one ``(Σ_l H_l·W_l, 2)`` tensor, built once per sizes and device.
+
+        Later calls with the same sizes on the same device return the cached tensor (shared: do not modify it).
+        """
+        key = ("priors", tuple((int(h), int(w)) for h, w in featmap_sizes), torch.device(device))
+        return self._cache.get(key, lambda: torch.cat(self.grid_priors(featmap_sizes, device)))
 
 
 def flatten_levels(maps: Sequence[Tensor], channels: int, name: str) -> Tensor:
@@ -155,12 +186,61 @@ def flatten_levels(maps: Sequence[Tensor], channels: int, name: str) -> Tensor:
     return torch.cat(flat, dim=1)
 
 
+_LEVELS = DeviceCache(size=16)
+
+
 def level_indices(counts: Sequence[int], device: torch.device | str = "cpu") -> Tensor:
-    """The level index of each row of priors concatenated over levels with ``counts`` rows each."""
-    return torch.repeat_interleave(
-        torch.arange(len(counts), dtype=torch.long, device=device),
-        torch.tensor(list(counts), dtype=torch.long, device=device),
-    )
+    """The level index of each row of priors concatenated over levels with ``counts`` rows each.
+
+    Built on ``device`` from the host counts (no copy), once per counts and device; the tensor is shared.
+
+    Example:
+        >>> level_indices([2, 1])
+        tensor([0, 0, 1])
+    """
+    counts, device = tuple(int(n) for n in counts), torch.device(device)
+
+    def build() -> Tensor:
+        levels = [torch.full((n,), level, dtype=torch.long, device=device) for level, n in enumerate(counts)]
+        return torch.cat(levels) if levels else torch.zeros(0, dtype=torch.long, device=device)
+
+    return _LEVELS.get((counts, device), build)
+
+
+def prior_strides(
+    counts: Sequence[int],
+    strides: Sequence[int],
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> Tensor:
+    """The stride of each row of priors concatenated over levels with ``counts`` rows each, as ``dtype``.
+
+    Built on ``device`` once per counts, strides and dtype; the tensor is shared.
+
+    Example:
+        >>> prior_strides([2, 1], [8, 16])
+        tensor([ 8.,  8., 16.])
+    """
+    counts, strides = tuple(int(n) for n in counts), tuple(int(s) for s in strides)
+    if len(counts) != len(strides):
+        raise ValueError(f"`counts` has {len(counts)} levels for {len(strides)} strides {strides}")
+    device = torch.device(device)
+
+    def build() -> Tensor:
+        rows = [torch.full((n,), s, dtype=dtype, device=device) for n, s in zip(counts, strides, strict=True)]
+        return torch.cat(rows) if rows else torch.zeros(0, dtype=dtype, device=device)
+
+    return _LEVELS.get(("strides", counts, strides, dtype, device), build)
+
+
+def point_priors(
+    featmap_sizes: Sequence[tuple[int, int]], strides: Sequence[int], offset: float, device: torch.device | str = "cpu"
+) -> Tensor:
+    """``PointGenerator(strides, offset).priors(featmap_sizes, device)`` for strides known only per call (derived
+    from the image size), from one shared cache."""
+    sizes = tuple((int(h), int(w)) for h, w in featmap_sizes)
+    key = ("points", sizes, tuple(int(s) for s in strides), float(offset), torch.device(device))
+    return _LEVELS.get(key, lambda: torch.cat(PointGenerator(strides, offset).grid_priors(sizes, device)))
 
 
 def valid_flags(
@@ -192,3 +272,32 @@ def valid_flags(
         cell = (ys[None] < valid_h[:, None]) & (xs[None] < valid_w[:, None])
         flags.append(cell.repeat_interleave(num_base_priors, dim=1))
     return torch.cat(flags, dim=1)
+
+
+def image_valid_flags(
+    featmap_sizes: Sequence[tuple[int, int]],
+    strides: Sequence[int],
+    num_base_priors: int,
+    image_size: Sequence[int] | Sequence[Sequence[int]] | Tensor,
+    batch: int,
+    device: torch.device | str,
+) -> Tensor:
+    """:func:`valid_flags` ``(B, P)`` for ``image_size`` given as ``(H, W)``, per-image ``(B, 2)`` sizes or a tensor.
+
+    Sizes given as Python numbers are known on the host: their flags are built once per sizes and device and
+    shared (expanded over the batch, not copied). A tensor is used on the device as it is.
+    """
+    if isinstance(image_size, Tensor):
+        pad_shapes = image_size.to(device).reshape(-1, 2).expand(batch, 2)
+        return valid_flags(featmap_sizes, strides, num_base_priors, pad_shapes)
+    nested = isinstance(image_size[0], Sequence)
+    rows = tuple(tuple(float(v) for v in row) for row in (image_size if nested else [image_size]))
+    if any(len(row) != 2 for row in rows):
+        raise ValueError(f"`image_size` must be (H, W) or one (H, W) per image, got {image_size!r}")
+    device = torch.device(device)
+    key = ("valid", tuple(map(tuple, featmap_sizes)), tuple(strides), int(num_base_priors), rows, device)
+
+    def build() -> Tensor:
+        return valid_flags(featmap_sizes, strides, num_base_priors, torch.tensor(rows, device=device))
+
+    return _LEVELS.get(key, build).expand(batch, -1)

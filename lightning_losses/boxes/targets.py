@@ -56,18 +56,19 @@ def pad_targets(
     if not boxes:
         raise ValueError("`targets` is empty: give one dict per image")
     device = device if device is not None else boxes[0].device
-    counts = torch.tensor([b.shape[0] for b in boxes], dtype=torch.long)
-    size = max(int(counts.max()), 1)
-    batch = len(boxes)
-    counts = counts.to(device)
-    rows = torch.repeat_interleave(torch.arange(batch, dtype=torch.long, device=device), counts)
-    starts = torch.cumsum(counts, 0) - counts
-    cols = torch.arange(rows.shape[0], dtype=torch.long, device=device) - starts[rows]
-    out_boxes = torch.zeros(batch, size, 4, dtype=torch.float32, device=device)
-    out_labels = torch.full((batch, size), -1, dtype=torch.long, device=device)
-    out_boxes[rows, cols] = torch.cat(boxes).to(device)
-    out_labels[rows, cols] = torch.cat(labels).to(device)
-    mask = torch.arange(size, dtype=torch.long, device=device)[None, :] < counts[:, None]
+    # Shapes are host metadata: the padded layout is known without reading a count back from the device.
+    counts = [int(b.shape[0]) for b in boxes]
+    batch, size = len(boxes), max(*counts, 1)
+    # Row j of image b goes to flat slot b·size + j: the first counts[b] slots of each row of one arange.
+    slots = torch.arange(batch * size, dtype=torch.long, device=device).view(batch, size)
+    index = torch.cat([slots[b, :n] for b, n in enumerate(counts)])
+    out_boxes = torch.zeros(batch * size, 4, dtype=torch.float32, device=device)
+    out_labels = torch.full((batch * size,), -1, dtype=torch.long, device=device)
+    mask = torch.zeros(batch * size, dtype=torch.bool, device=device)
+    out_boxes.index_copy_(0, index, torch.cat(boxes).to(device))
+    out_labels.index_copy_(0, index, torch.cat(labels).to(device))
+    mask.index_fill_(0, index, True)
+    out_boxes, out_labels, mask = out_boxes.view(batch, size, 4), out_labels.view(batch, size), mask.view(batch, size)
     return PaddedTargets(out_boxes, out_labels, mask)
 
 
@@ -94,7 +95,7 @@ def centerness_target(distances: Tensor) -> Tensor:
 
     Reference: Tian et al., *FCOS: Fully Convolutional One-Stage Object Detection*, ICCV 2019.
     """
-    left_right = distances[..., [0, 2]]
-    top_bottom = distances[..., [1, 3]]
+    left_right = distances[..., 0::2]  # (l, r): strided views, no index tensor from a Python list
+    top_bottom = distances[..., 1::2]
     ratio = (left_right.amin(-1) / left_right.amax(-1)) * (top_bottom.amin(-1) / top_bottom.amax(-1))
     return torch.sqrt(ratio)

@@ -15,6 +15,7 @@ from lightning_losses.assigners.hungarian import (
     denoising_match,
     xyxy_to_cxcywh,
 )
+from lightning_losses.boxes.cache import device_constant
 from lightning_losses.boxes.targets import PaddedTargets, gather_boxes, pad_targets
 from lightning_losses.distributed import reduce_mean
 from lightning_losses.functional.iou import bbox_overlaps
@@ -329,7 +330,10 @@ def _scale(image_size: ImageSize, batch: int, device: torch.device) -> Tensor:
     """``(B | 1, 1, 4)`` divisor ``(W, H, W, H)`` from ``(H, W)``, a square side, or per-image ``(B, 2)`` sizes."""
     if image_size is None:
         raise ValueError("`image_size` is needed to normalise the pixel boxes of `targets`: give (H, W)")
-    size = torch.as_tensor(image_size, dtype=torch.float32, device=device)
+    if isinstance(image_size, Tensor):
+        size = image_size.to(device=device, dtype=torch.float32)
+    else:  # host numbers: on the device from a cache, not copied every step
+        size = device_constant(image_size, device)
     if size.ndim == 0:
         size = size.expand(2)
     if size.shape not in ((2,), (batch, 2)):

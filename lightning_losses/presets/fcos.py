@@ -13,7 +13,7 @@ from torch import Tensor
 
 from lightning_losses.assigners.points import FCOS_REGRESS_RANGES, PointAssigner
 from lightning_losses.boxes.coders import bbox2distance, distance2bbox
-from lightning_losses.boxes.priors import PointGenerator, level_indices
+from lightning_losses.boxes.priors import PointGenerator, level_indices, prior_strides
 from lightning_losses.boxes.targets import centerness_target, gather_boxes, pad_targets
 from lightning_losses.losses.base import LossMetric
 from lightning_losses.losses.classification import CrossEntropyLoss, FocalLoss
@@ -105,7 +105,7 @@ class FCOSCriterion(DenseCriterion):
         device = cls.device
         counts = [h * w for h, w in self.featmap_sizes(cls_scores)]
         if priors is None:
-            priors = torch.cat(self.point_generator.grid_priors(self.featmap_sizes(cls_scores), device))
+            priors = self.point_generator.priors(self.featmap_sizes(cls_scores), device)
         if priors.shape != (num_points, 2):
             raise ValueError(f"`priors` must have shape ({num_points}, 2) points, got {tuple(priors.shape)}")
         levels = level_indices(counts, device)
@@ -114,7 +114,7 @@ class FCOSCriterion(DenseCriterion):
         positive = assign.positive
 
         matched = gather_boxes(gts.boxes, assign.matched)
-        stride = priors.new_tensor(self.strides)[levels] if self.norm_on_bbox else None
+        stride = prior_strides(counts, self.strides, device, priors.dtype) if self.norm_on_bbox else None
         distances = bbox2distance(priors.expand(batch, -1, -1), matched, stride=stride)
         # Negatives get unit distances, so their (zero-weight) targets stay finite.
         distances = torch.where(positive[..., None], distances, torch.ones_like(distances))

@@ -11,7 +11,7 @@ from torch import Tensor
 from lightning_losses.assigners.atss import ATSSAssigner, atss_targets
 from lightning_losses.boxes.coders import bbox2distance, distance2bbox, integral
 from lightning_losses.boxes.iou import bbox_overlaps
-from lightning_losses.boxes.priors import AnchorGenerator
+from lightning_losses.boxes.priors import AnchorGenerator, prior_strides
 from lightning_losses.losses.base import LossMetric
 from lightning_losses.losses.classification import DistributionFocalLoss, QualityFocalLoss
 from lightning_losses.losses.iou import GIoULoss
@@ -92,7 +92,7 @@ class GFLCriterion(DenseCriterion):
         cls, box, _ = self.flatten_outputs(targets, cls_scores, bbox_preds, box_channels=4 * bins)
         t = atss_targets(self.anchor_generator, self.assigner, cls_scores, targets, priors, image_size)
         counts = [int(m.shape[-2] * m.shape[-1]) for m in cls_scores]
-        stride = torch.repeat_interleave(t.anchors.new_tensor(self.strides), torch.tensor(counts, device=cls.device))
+        stride = prior_strides(counts, self.strides, cls.device, t.anchors.dtype)
         centers = (t.anchors[:, :2] + t.anchors[:, 2:]) / 2 / stride[:, None]
         target_boxes = t.boxes / stride[:, None]
         positive = t.positive

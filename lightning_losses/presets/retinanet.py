@@ -10,7 +10,7 @@ from torch import Tensor
 
 from lightning_losses.assigners.max_iou import MaxIoUAssigner
 from lightning_losses.boxes.coders import DeltaXYWHCoder
-from lightning_losses.boxes.priors import AnchorGenerator, valid_flags
+from lightning_losses.boxes.priors import AnchorGenerator, image_valid_flags
 from lightning_losses.boxes.targets import gather_boxes, pad_targets
 from lightning_losses.losses.base import LossMetric
 from lightning_losses.losses.classification import FocalLoss
@@ -142,10 +142,10 @@ class RetinaNetCriterion(DenseCriterion):
         prior_mask = None
         if priors is None:
             sizes = self.featmap_sizes(cls_scores)
-            priors = torch.cat(self.anchor_generator.grid_priors(sizes, device))
+            priors = self.anchor_generator.priors(sizes, device)
             if image_size is not None:
-                pad_shapes = torch.as_tensor(image_size, device=device).reshape(-1, 2).expand(batch, 2)
-                prior_mask = valid_flags(sizes, self.strides, self.anchor_generator.num_base_priors, pad_shapes)
+                per_cell = self.anchor_generator.num_base_priors
+                prior_mask = image_valid_flags(sizes, self.strides, per_cell, image_size, batch, device)
         if priors.shape != (num_priors, 4):
             raise ValueError(f"`priors` must have shape ({num_priors}, 4) for these outputs, got {tuple(priors.shape)}")
         gts = pad_targets(targets, device)

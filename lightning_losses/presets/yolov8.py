@@ -9,6 +9,7 @@ import torch
 from torch import Tensor
 
 from lightning_losses.assigners.task_aligned import TASK_ALIGNED_STYLES, TaskAlignedAssigner
+from lightning_losses.boxes.cache import DeviceCache
 from lightning_losses.boxes.level_rows import split_level_rows
 from lightning_losses.boxes.targets import pad_targets
 from lightning_losses.losses.base import LossMetric
@@ -121,7 +122,7 @@ class YOLOv8Criterion(DenseCriterion):
         self.loss_bbox = self.build_term(loss_bbox, YOLOCIoULoss(eps=1e-7, loss_weight=7.5))
         self.loss_dfl = self.build_term(loss_dfl, DistributionFocalLoss(loss_weight=1.5))
         self.register_buffer("bins", torch.arange(reg_max, dtype=torch.float32), persistent=False)
-        self._priors: dict[tuple[Any, ...], tuple[Tensor, Tensor]] = {}
+        self._priors = DeviceCache(size=8)
 
     def _split(self, outputs: YOLOv8Outputs) -> tuple[Tensor, Tensor, list[tuple[int, int]]]:
         """``(B, P, 4·R)`` box logits and ``(B, P, C)`` class logits (one copy of the maps) and the level sizes.
@@ -175,8 +176,8 @@ class YOLOv8Criterion(DenseCriterion):
 
     def _points(self, sizes: list[tuple[int, int]], strides: list[int], device: torch.device) -> tuple[Tensor, Tensor]:
         """``(P, 2)`` cell centres in strides and ``(P, 1)`` stride of each prior, built once per layout."""
-        key = (tuple(sizes), tuple(strides), device)
-        if key not in self._priors:
+
+        def build() -> tuple[Tensor, Tensor]:
             points, stride = [], []
             for (h, w), s in zip(sizes, strides, strict=True):
                 ys, xs = torch.meshgrid(
@@ -186,8 +187,9 @@ class YOLOv8Criterion(DenseCriterion):
                 )
                 points.append(torch.stack([xs.reshape(-1), ys.reshape(-1)], dim=-1).float())
                 stride.append(torch.full((h * w, 1), float(s), dtype=torch.float32, device=device))
-            self._priors[key] = (torch.cat(points), torch.cat(stride))
-        return self._priors[key]
+            return torch.cat(points), torch.cat(stride)
+
+        return self._priors.get((tuple(sizes), tuple(strides), device), build)
 
     def _decode(self, bins: Tensor, points: Tensor) -> Tensor:
         """``xyxy`` boxes in strides from ``(..., 4, R)`` bin logits: points minus / plus the softmax expectations."""

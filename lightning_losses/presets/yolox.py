@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from lightning_losses.assigners.simota import SimOTAAssigner
-from lightning_losses.boxes.priors import PointGenerator
+from lightning_losses.boxes.priors import point_priors, prior_strides
 from lightning_losses.boxes.targets import gather_boxes, pad_targets
 from lightning_losses.losses.base import LossMetric
 from lightning_losses.losses.classification import CrossEntropyLoss
@@ -156,9 +156,8 @@ class YOLOXCriterion(DenseCriterion):
             raise ValueError(f"`targets` has {len(targets)} images, the outputs have {batch}")
         device = raw.device
         sizes = [(int(m.shape[-2]), int(m.shape[-1])) for m in (o if isinstance(o, Tensor) else o[0] for o in outputs)]
-        grids = torch.cat(PointGenerator(strides, offset=0.0).grid_priors(sizes, device))  # (x·s, y·s)
-        counts = torch.tensor([h * w for h, w in sizes], device=device)
-        stride = torch.repeat_interleave(torch.tensor(strides, device=device, dtype=torch.float32), counts)
+        grids = point_priors(sizes, strides, 0.0, device)  # (x·s, y·s)
+        stride = prior_strides([h * w for h, w in sizes], strides, device)
         grid = grids / stride[:, None]
 
         center = (raw[..., :2] + grid) * stride[:, None]
