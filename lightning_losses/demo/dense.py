@@ -105,6 +105,8 @@ class DenseDetector(DetectionLossModule, L.LightningModule):
         max_det: detections per image.
     """
 
+    log_prog_bar = True  # the demo shows its loss (one host read a step); set False to drop it
+
     def __init__(
         self,
         criterion: nn.Module | None,

@@ -117,6 +117,8 @@ class PIDNetSegmenter(DetectionLossModule, L.LightningModule):
         boundary_logits (B, 1, H/4, W/4))``; ``predict``: ``(B, 3, H, W)`` → ``(B, H, W)`` int64 classes.
     """
 
+    log_prog_bar = True  # the demo shows its loss (one host read a step); set False to drop it
+
     def __init__(
         self,
         num_classes: int = 4,

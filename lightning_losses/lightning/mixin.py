@@ -52,7 +52,10 @@ class DetectionLossModule:
     that produced it when the criterion names one (:meth:`~lightning_losses.presets.Criterion.term_metrics`),
     otherwise as a running mean the mixin keeps for it; either way the step value is that step's and the
     epoch value the exact mean over every step of every rank, synchronised once per epoch (no collective
-    per step). Train logs on step and epoch, val / test on epoch. A term should come from the same place
+    per step). Train logs on step and epoch, val / test on epoch. ``{stage}/loss`` goes to the progress bar
+    only with ``log_prog_bar=True`` (a class attribute, or the constructor argument): Lightning reads every
+    progress-bar value back to the host on every step, two device syncs a step on a GPU, so it is opt-in.
+    A term should come from the same place
     for a whole epoch: criteria switch terms on or off between epochs (YOLOX's ``l1_activate_epoch``).
 
     The stage comes from the trainer's public state: ``training`` is ``train``; ``validating`` and
@@ -75,15 +78,20 @@ class DetectionLossModule:
 
     loss_stages: nn.ModuleDict
     criterion_weights: dict[str, float]
+    log_prog_bar: bool = False
+    """Show ``{stage}/loss`` in the progress bar (Lightning then reads it back to the host every step)."""
 
     def __init__(
         self,
         *args: Any,
         criterion: nn.Module | Mapping[str, nn.Module] | None = None,
         criterion_weights: Mapping[str, float] | None = None,
+        log_prog_bar: bool | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
+        if log_prog_bar is not None:
+            self.log_prog_bar = bool(log_prog_bar)
         if criterion is not None:
             self.set_criterion(criterion, criterion_weights)
 
@@ -215,7 +223,7 @@ class DetectionLossModule:
                     module.reset()
         else:
             losses.total(total.detach())
-            self._log_metric(f"{stage}/loss", losses.total, stage, prog_bar=True)
+            self._log_metric(f"{stage}/loss", losses.total, stage, prog_bar=self.log_prog_bar)
         return total
 
     def save_hyperparameters(self, *args: Any, frame: types.FrameType | None = None, **kwargs: Any) -> None:

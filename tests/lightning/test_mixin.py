@@ -175,3 +175,24 @@ def _named_terms():
 class _Untermed(nn.Module):
     def forward(self, *args, **kwargs):
         return {"loss_x": torch.zeros(())}
+
+
+class _Bare(DetectionLossModule, nn.Module):
+    pass
+
+
+@pytest.mark.parametrize("log_prog_bar", [None, False, True])
+def test_total_reaches_the_progress_bar_only_when_asked(tmp_path, log_prog_bar):
+    """Lightning reads progress-bar values back to the host every step (two syncs on a GPU), so ``{stage}/loss``
+    is shown there only with ``log_prog_bar=True`` (the mixin's argument or attribute); it is logged either way."""
+    assert _Bare(log_prog_bar=log_prog_bar).log_prog_bar is bool(log_prog_bar)
+    torch.manual_seed(0)
+    model = TinyYOLOX()
+    assert model.log_prog_bar is False
+    if log_prog_bar is not None:
+        model.log_prog_bar = log_prog_bar
+    trainer = _trainer(tmp_path, max_epochs=1, limit_val_batches=1)
+    trainer.fit(model, loader(4), loader(2))
+    shown = {k for k in trainer.progress_bar_metrics if "loss" in k}
+    assert shown == ({"train/loss_step", "train/loss_epoch", "val/loss"} if log_prog_bar else set())
+    assert {"train/loss_step", "train/loss_epoch", "val/loss"} <= set(trainer.logged_metrics)
