@@ -46,7 +46,9 @@ class DetectionLossModule:
     criteria for a multi-task model, with optional ``criterion_weights``.
 
     :meth:`compute_losses` calls the stage's copy of the criterion on ``outputs`` (a tuple of its
-    positional inputs or a mapping of keyword inputs) and ``targets``, logs each term as
+    positional inputs or a mapping of keyword inputs) and ``targets``; for a criterion whose ``forward`` takes
+    the head's outputs as one list of levels (``takes_level_list = True``: YOLOX, YOLO-Fastest, YOLOv8) a list
+    of level maps is that one input (see :meth:`compute_losses`), logs each term as
     ``{stage}/{term}`` (``{stage}/{name}/{term}`` with several criteria) and the total as
     ``{stage}/loss``, and returns the total to backpropagate. A term is logged as the ``LossMetric``
     that produced it when the criterion names one (:meth:`~lightning_losses.presets.Criterion.term_metrics`),
@@ -182,7 +184,11 @@ class DetectionLossModule:
 
         Args:
             outputs: the criterion's inputs before ``targets``: a tuple (passed as ``*outputs``) or a
-                mapping (``**outputs``). With several criteria, a mapping from criterion name to that.
+                mapping (``**outputs``). With several criteria, a mapping from criterion name to that. For a
+                criterion with ``takes_level_list = True`` the model's list of levels may be given as it is
+                (``[map_0, map_1, …]``, or per-level tuples ``[(cls, box, obj), …]``): it is passed as the one
+                ``outputs`` argument. A one-element sequence holding a list (``([map_0, …],)``) is the positional
+                form and is passed as it is, so a one-level model of per-level tuples gives ``([(cls, box, obj)],)``.
             targets: the criterion's targets; with several criteria, a mapping from name to targets, or
                 one value shared by all.
             stage: ``train``, ``val`` or ``test``; inferred from the trainer when ``None``. While the
@@ -202,7 +208,7 @@ class DetectionLossModule:
                 criterion.set_epoch(int(epoch) + 1)
             inputs = outputs if losses.single else _pick(outputs, name, "outputs")
             target = targets if losses.single or not _is_named(targets, losses.criteria) else targets[name]
-            args, kwargs = ([], dict(inputs)) if isinstance(inputs, Mapping) else (list(inputs), {})
+            args, kwargs = ([], dict(inputs)) if isinstance(inputs, Mapping) else (_positional(criterion, inputs), {})
             terms = criterion(*args, target, **kwargs, **criterion_kwargs)
             if not isinstance(terms, Mapping) or not terms:
                 raise TypeError(f"criterion {type(criterion).__name__} must return a non-empty dict of loss terms")
@@ -315,6 +321,13 @@ def _caller_frame() -> types.FrameType | None:
 def _prefix(stage: str, name: str, single: bool) -> str:
     """Logged keys: ``{stage}/{term}``, or ``{stage}/{name}/{term}`` with several criteria."""
     return f"{stage}/" if single else f"{stage}/{name}/"
+
+
+def _positional(criterion: nn.Module, inputs: Sequence[Any]) -> list[Any]:
+    """The positional inputs: ``inputs`` itself as one argument when it is a criterion's list of levels."""
+    if getattr(criterion, "takes_level_list", False) and (len(inputs) != 1 or isinstance(inputs[0], Tensor)):
+        return [inputs]
+    return list(inputs)
 
 
 def _is_named(value: Any, criteria: nn.ModuleDict) -> bool:

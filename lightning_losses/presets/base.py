@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
+import torch.distributed as dist
 from torch import Tensor, nn
 
 # flatten_levels, gather_boxes and onehot_targets moved out; their names here are deprecated aliases.
@@ -13,6 +15,7 @@ from lightning_losses.boxes.priors import flatten_levels
 from lightning_losses.boxes.targets import gather_boxes
 from lightning_losses.distributed import reduce_mean
 from lightning_losses.losses.base import LossMetric
+from lightning_losses.presets import checks
 from lightning_losses.presets.class_targets import onehot_targets
 from lightning_losses.registry import build_loss
 from lightning_losses.serialization import RecordsInit
@@ -20,6 +23,23 @@ from lightning_losses.serialization import RecordsInit
 __all__ = ["Criterion", "DenseCriterion", "flatten_levels", "gather_boxes", "onehot_targets"]
 
 LossSpec = LossMetric | Mapping[str, Any] | None
+
+
+class _SharedReference:
+    """Holds an object by reference: a deep copy of its owner shares the object, a pickle drops it."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: Any = None) -> None:
+        self.value = value
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> _SharedReference:
+        return _SharedReference(self.value)
+
+    def __reduce__(self) -> tuple[type, tuple[()]]:
+        return _SharedReference, ()
+
+
 _ABSENT = object()  # marks "this criterion takes no centerness maps" in flatten_outputs
 
 
@@ -52,10 +72,36 @@ class Criterion(RecordsInit, nn.Module):
     """
 
     terms: tuple[str, ...] = ()
+    #: ``forward`` takes the head's outputs as ONE list of levels (YOLOX, YOLOv8): the Lightning mixin then passes
+    #: a list of level maps given as ``outputs`` as that one argument, not one argument per level.
+    takes_level_list: ClassVar[bool] = False
 
     def __init__(self) -> None:
         super().__init__()
         self._term_paths: dict[str, str] = {}
+
+    @property
+    def process_group(self) -> dist.ProcessGroup | None:
+        """The ranks :meth:`average_over_ranks` averages over: ``None`` (the default) is the default group, WORLD.
+
+        Set it after construction (``criterion.process_group = group``) to average the normalisers over a
+        subgroup, e.g. the ranks of one model replica. It is not a constructor argument, so configs and
+        checkpoints do not record it, and it is not in the ``state_dict``; copies (``copy.deepcopy``, the
+        mixin's per-stage copies made after it is set) share the group, and a pickled criterion drops it (a
+        process group belongs to its process).
+        """
+        holder = self.__dict__.get("_process_group")
+        return None if holder is None else holder.value
+
+    @process_group.setter
+    def process_group(self, group: dist.ProcessGroup | None) -> None:
+        self.__dict__["_process_group"] = _SharedReference(group)
+
+    def average_over_ranks(self, *values: Tensor) -> list[Tensor]:
+        """Average scalar normalisers over the ranks of :attr:`process_group` with a single float32 all-reduce
+        (identity in one process and without gradients, see :func:`~lightning_losses.distributed.reduce_mean`)."""
+        stacked = reduce_mean(torch.stack([v.float() for v in values]), group=self.process_group)
+        return list(stacked.unbind())
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         metrics = [(name, m) for name, m in self.named_modules() if isinstance(m, LossMetric)]
@@ -98,8 +144,28 @@ class DenseCriterion(Criterion):
 
     Subclasses declare their loss terms as ``LossMetric`` children named after the terms, take per-level
     head outputs and ``targets`` (one ``{"boxes", "labels"}`` dict per image) and return one tensor per
-    term. Batch-dependent normalisers go through :meth:`average_over_ranks` once per step.
+    term. Batch-dependent normalisers go through :meth:`average_over_ranks` once per step (over the ranks of
+    :attr:`process_group`).
+
+    Targets: ``boxes`` ``(M, 4)`` absolute-pixel ``xyxy`` in the image the maps were computed on, ``labels``
+    ``(M,)`` 0-based class indices in ``[0, num_classes)``; the background is implicit (no label for it).
+
+    Before ``forward`` every call (shapes only, no device work): an ``int`` ``image_size`` becomes a square
+    ``(s, s)``; flattened ``(B, N_l, K)`` level maps (torchvision's heads) become ``(B, A·K, H_l, W_l)`` views, the
+    level's size taken from ``image_size`` and its stride (:func:`~lightning_losses.presets.checks.unflatten_levels`);
+    the class maps must have ``A · C`` channels. On the first call of each criterion copy, and on every call when
+    :attr:`validate_args` is set, :func:`~lightning_losses.presets.checks.check_inputs` reads the targets back once
+    (one host sync) and raises ``ValueError`` for labels outside ``[0, num_classes)``, boxes with ``x2 < x1`` or
+    ``y2 < y1`` and level maps whose sizes disagree with ``image_size`` and the strides, and warns when boxes
+    look normalised or lie outside the image. A Lightning fit so pays it on the first batch of each stage
+    (:class:`~lightning_losses.DetectionLossModule` keeps one copy per stage).
     """
+
+    #: Check the targets and level sizes on every call, not only the first (one host sync per call).
+    validate_args: bool = False
+    #: The arguments of ``forward`` that hold per-level ``cls_scores``-like maps (flattened maps are accepted).
+    level_map_args: ClassVar[tuple[str, ...]] = ("cls_scores", "bbox_preds", "centerness")
+    _signatures: ClassVar[dict[type, inspect.Signature]] = {}
 
     def __init__(self, num_classes: int, strides: Sequence[int]) -> None:
         super().__init__()
@@ -109,17 +175,78 @@ class DenseCriterion(Criterion):
             raise ValueError(f"`strides` must be positive, got {strides!r}")
         self.num_classes = num_classes
         self.strides = tuple(int(s) for s in strides)
+        self._inputs_checked = False
+
+    @property
+    def priors_per_cell(self) -> int:
+        """``A``: priors the criterion generates per feature-map cell."""
+        generator = getattr(self, "anchor_generator", None)
+        return int(generator.num_base_priors) if generator is not None else 1
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        signature = self._signatures.get(type(self))
+        if signature is None:
+            signature = self._signatures[type(self)] = inspect.signature(self.forward)
+        try:
+            bound = signature.bind(*args, **kwargs)
+        except TypeError:  # let forward raise its own error
+            return super().__call__(*args, **kwargs)
+        arguments = bound.arguments
+        image_size = arguments.get("image_size")
+        if isinstance(image_size, int) and not isinstance(image_size, bool):
+            arguments["image_size"] = image_size = (image_size, image_size)
+        has_priors = arguments.get("priors") is not None
+        # Flattened maps without an image size keep their counts only (as columns): no sizes to check them by.
+        columns = image_size is None and any(
+            isinstance(m, Tensor) and m.ndim == 3
+            for name in self.level_map_args
+            if isinstance(arguments.get(name), (list, tuple))
+            for m in arguments[name]
+        )
+        if "cls_scores" in arguments:
+            checks.check_channels(
+                arguments["cls_scores"], self.num_classes, None if has_priors else self.priors_per_cell
+            )
+        for name in self.level_map_args:
+            if name in arguments:
+                arguments[name] = checks.unflatten_levels(
+                    arguments[name], name, self.strides, image_size, self.priors_per_cell, has_priors
+                )
+        check = self.validate_args or not self._inputs_checked
+        try:
+            result = super().__call__(*bound.args, **bound.kwargs)
+        except (ValueError, TypeError):  # forward's own argument checks come first
+            raise
+        except Exception:  # e.g. an index error on a bad label: say what was wrong with the inputs
+            if check:
+                self.check_inputs(arguments, level_sizes=not columns)
+            raise
+        if check:
+            self.check_inputs(arguments, level_sizes=not columns)
+            self._inputs_checked = True
+        return result
+
+    def check_inputs(self, arguments: Mapping[str, Any], level_sizes: bool = True) -> None:
+        """Check a call's bound arguments (see the class notes): targets, and level sizes against the strides
+        (``level_sizes=False``: the maps' sizes are unknown, so neither they nor the image extent are checked)."""
+        name = next((n for n in (*self.level_map_args, "outputs") if n in arguments), None)
+        maps = arguments.get(name) if name is not None else None
+        sizes = None
+        if level_sizes and isinstance(maps, (list, tuple)) and maps:
+            firsts = [
+                m if isinstance(m, Tensor) else m[0] if isinstance(m, (list, tuple)) and m else None for m in maps
+            ]
+            if all(isinstance(m, Tensor) and m.ndim == 4 for m in firsts):
+                sizes = [(int(m.shape[-2]), int(m.shape[-1])) for m in firsts]
+        strides = None if getattr(self, "derive_strides", False) else self.strides
+        checks.check_inputs(
+            arguments.get("targets"), self.num_classes, sizes, strides, arguments.get("image_size"), name or "outputs"
+        )
 
     @staticmethod
     def build_term(spec: LossSpec, default: LossMetric) -> LossMetric:
         """The loss module of a term: ``spec`` built in any config dialect, or ``default`` when ``None``."""
         return default if spec is None else build_loss(spec)
-
-    @staticmethod
-    def average_over_ranks(*values: Tensor) -> list[Tensor]:
-        """Average scalar normalisers over DDP ranks with a single all-reduce (identity in one process)."""
-        stacked = reduce_mean(torch.stack([v.float() for v in values]))
-        return list(stacked.unbind())
 
     def check_levels(self, **maps: Sequence[Tensor]) -> None:
         for name, value in maps.items():

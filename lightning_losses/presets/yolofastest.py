@@ -87,6 +87,7 @@ class YOLOFastestCriterion(DenseCriterion):
     """
 
     terms = ("loss_bbox", "loss_obj", "loss_cls")
+    takes_level_list = True
 
     def __init__(
         self,

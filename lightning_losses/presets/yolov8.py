@@ -92,6 +92,7 @@ class YOLOv8Criterion(DenseCriterion):
     """
 
     terms = ("loss_cls", "loss_bbox", "loss_dfl")
+    takes_level_list = True
 
     def __init__(
         self,

@@ -66,6 +66,7 @@ class YOLOXCriterion(DenseCriterion):
     """
 
     terms = ("loss_bbox", "loss_obj", "loss_cls", "loss_l1")
+    takes_level_list = True
 
     def __init__(
         self,
