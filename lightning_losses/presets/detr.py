@@ -17,7 +17,6 @@ from lightning_losses.assigners.hungarian import (
 )
 from lightning_losses.boxes.cache import device_constant
 from lightning_losses.boxes.targets import PaddedTargets, gather_boxes, pad_targets
-from lightning_losses.distributed import reduce_mean
 from lightning_losses.functional.iou import bbox_overlaps
 from lightning_losses.losses.base import LossMetric
 from lightning_losses.losses.classification import CrossEntropyLoss, FocalLoss
@@ -183,7 +182,7 @@ class DETRCriterion(Criterion):
                 )
         costs = [self.matcher.cost(logits, boxes, centers, gts.labels) for logits, boxes in matched_sets]
         queries = self.matcher.solve(torch.stack(costs), counts)  # (L, B, M)
-        (num_boxes,) = reduce_mean(gts.mask.sum(dtype=torch.float32)[None]).unbind()
+        (num_boxes,) = self.average_over_ranks(gts.mask.sum(dtype=torch.float32))
         normaliser = num_boxes.clamp(min=1.0)
         box_index = torch.arange(gts.mask.shape[1], dtype=torch.long, device=gts.mask.device).expand_as(gts.mask)
         names = ["", *(f"_aux_{i}" for i in range(len(aux))), *(["_enc"] if enc else [])]
