@@ -57,6 +57,18 @@ class ATSSCriterion(DenseCriterion):
         ``cls_scores[l]`` ``(B, C, H_l, W_l)``, ``bbox_preds[l]`` ``(B, 4, H_l, W_l)`` deltas,
         ``centerness[l]`` ``(B, 1, H_l, W_l)``; ``priors`` optional ``(P, 4)`` anchors.
 
+    Targets: one ``{"boxes": (M, 4), "labels": (M,)}`` dict per image; boxes in absolute pixels of the image the
+    maps were computed on, ``xyxy``; labels 0-based class indices in ``[0, C)``, the background implicit (never a
+    label). The first call checks them (see :class:`~lightning_losses.presets.DenseCriterion`).
+
+    Example:
+        >>> criterion = ATSSCriterion(num_classes=2, strides=[8])
+        >>> target = [{"boxes": torch.tensor([[8.0, 8.0, 40.0, 32.0]]), "labels": torch.tensor([1])}]
+        >>> maps = [torch.zeros(1, 2, 8, 8)], [torch.zeros(1, 4, 8, 8)], [torch.zeros(1, 1, 8, 8)]
+        >>> terms = criterion(*maps, target, image_size=64)
+        >>> sorted(terms), round(terms["loss_centerness"].item(), 4)  # BCE of zero logits: log 2
+        (['loss_bbox', 'loss_centerness', 'loss_cls'], 0.6931)
+
     Reference: Zhang et al., *Bridging the Gap Between Anchor-based and Anchor-free Detection*, CVPR 2020.
     """
 

@@ -89,6 +89,17 @@ class DETRCriterion(Criterion):
         - ``targets``: one ``{"boxes": (M, 4) pixel xyxy, "labels": (M,)}`` per image; ``image_size``: ``(H, W)``,
           an int for square images, or a ``(B, 2)`` tensor of per-image ``(H, W)``.
 
+    Targets: absolute-pixel ``xyxy`` boxes (normalised here by ``image_size``) and 0-based labels in ``[0, C)``;
+    "no object" is implicit (never a label).
+
+    Example:
+        >>> criterion = DETRCriterion(num_classes=2)
+        >>> target = [{"boxes": torch.tensor([[8.0, 8.0, 40.0, 32.0]]), "labels": torch.tensor([1])}]
+        >>> boxes = torch.tensor([[[0.375, 0.3125, 0.5, 0.375]] * 3])  # the target's box as normalised cxcywh
+        >>> terms = criterion(torch.zeros(1, 3, 2), boxes, target, image_size=64)
+        >>> sorted(terms), terms["loss_bbox"].item(), terms["loss_giou"].item()
+        (['loss_bbox', 'loss_giou', 'loss_vfl'], 0.0, 0.0)
+
     Reference: Carion et al., arXiv:2005.12872 (DETR); Zhang et al., arXiv:2203.03605 (DINO, denoising);
     Zhao et al., arXiv:2304.08069 (RT-DETR).
     """

@@ -63,6 +63,18 @@ class FCOSCriterion(DenseCriterion):
     Returns:
         ``{"loss_cls", "loss_bbox", "loss_centerness"}``.
 
+    Targets: one ``{"boxes": (M, 4), "labels": (M,)}`` dict per image; boxes in absolute pixels of the image the
+    maps were computed on, ``xyxy``; labels 0-based class indices in ``[0, C)``, the background implicit (never a
+    label). The first call checks them (see :class:`~lightning_losses.presets.DenseCriterion`).
+
+    Example:
+        >>> criterion = FCOSCriterion(num_classes=2, strides=[8], regress_ranges=[(-1, 1e8)])
+        >>> target = [{"boxes": torch.tensor([[8.0, 8.0, 40.0, 32.0]]), "labels": torch.tensor([1])}]
+        >>> maps = [torch.zeros(1, 2, 8, 8)], [torch.ones(1, 4, 8, 8)], [torch.zeros(1, 1, 8, 8)]
+        >>> terms = criterion(*maps, target)
+        >>> sorted(terms), round(terms["loss_centerness"].item(), 4)  # BCE of zero logits: log 2
+        (['loss_bbox', 'loss_centerness', 'loss_cls'], 0.6931)
+
     Reference: Tian et al., *FCOS: Fully Convolutional One-Stage Object Detection*, ICCV 2019.
     """
 

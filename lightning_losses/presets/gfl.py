@@ -50,6 +50,17 @@ class GFLCriterion(DenseCriterion):
         ``cls_scores[l]`` ``(B, C, H_l, W_l)``; ``bbox_preds[l]`` ``(B, 4·(reg_max+1), H_l, W_l)``, channel
         ``side·(reg_max+1) + bin``, sides ``(l, t, r, b)``; ``priors`` optional ``(P, 4)`` anchors.
 
+    Targets: one ``{"boxes": (M, 4), "labels": (M,)}`` dict per image; boxes in absolute pixels of the image the
+    maps were computed on, ``xyxy``; labels 0-based class indices in ``[0, C)``, the background implicit (never a
+    label). The first call checks them (see :class:`~lightning_losses.presets.DenseCriterion`).
+
+    Example:
+        >>> criterion = GFLCriterion(num_classes=2, strides=[8])
+        >>> target = [{"boxes": torch.tensor([[8.0, 8.0, 40.0, 32.0]]), "labels": torch.tensor([1])}]
+        >>> terms = criterion([torch.zeros(1, 2, 8, 8)], [torch.zeros(1, 4 * 17, 8, 8)], target, image_size=64)
+        >>> sorted(terms), bool(terms["loss_dfl"] > 0)
+        (['loss_bbox', 'loss_cls', 'loss_dfl'], True)
+
     Reference: Li et al., *Generalized Focal Loss*, NeurIPS 2020.
     """
 

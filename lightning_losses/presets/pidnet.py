@@ -56,6 +56,16 @@ class PIDNetCriterion(Criterion):
         ``aux_logits``, ``logits`` ``(B, K, h, w)``; ``boundary_logits`` ``(B, 1, h, w)``; ``target``
         ``(B, H, W)`` int64; ``boundary_target`` optional ``(B, H, W)`` in ``{0, 1}``.
 
+    Targets: ``target`` holds 0-based class indices in ``[0, K)`` per pixel, ``ignore_index`` where unlabelled.
+
+    Example:
+        >>> criterion = PIDNetCriterion(num_classes=2, ohem=False)
+        >>> mask = torch.zeros(1, 8, 8, dtype=torch.long)
+        >>> mask[:, 2:6, 2:6] = 1
+        >>> terms = criterion(torch.zeros(1, 2, 8, 8), torch.zeros(1, 2, 8, 8), torch.zeros(1, 1, 8, 8), mask)
+        >>> sorted(terms), round(terms["loss_sem"].item(), 4)  # CE of zero logits over 2 classes: log 2
+        (['loss_aux', 'loss_bas', 'loss_boundary', 'loss_sem'], 0.6931)
+
     Reference: Xu et al., *PIDNet: A Real-time Semantic Segmentation Network Inspired by PID Controllers*, CVPR 2023.
     """
 

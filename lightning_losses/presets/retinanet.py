@@ -75,6 +75,17 @@ class RetinaNetCriterion(DenseCriterion):
     Returns:
         ``{"loss_cls": Tensor, "loss_bbox": Tensor}``.
 
+    Targets: one ``{"boxes": (M, 4), "labels": (M,)}`` dict per image; boxes in absolute pixels of the image the
+    maps were computed on, ``xyxy``; labels 0-based class indices in ``[0, C)``, the background implicit (never a
+    label). The first call checks them (see :class:`~lightning_losses.presets.DenseCriterion`).
+
+    Example:
+        >>> criterion = RetinaNetCriterion(num_classes=2, strides=[8])
+        >>> target = [{"boxes": torch.tensor([[8.0, 8.0, 40.0, 32.0]]), "labels": torch.tensor([1])}]
+        >>> terms = criterion([torch.zeros(1, 9 * 2, 8, 8)], [torch.zeros(1, 9 * 4, 8, 8)], target, image_size=64)
+        >>> sorted(terms), bool(terms["loss_cls"] > 0)
+        (['loss_bbox', 'loss_cls'], True)
+
     Reference: Lin et al., *Focal Loss for Dense Object Detection*, ICCV 2017.
     """
 

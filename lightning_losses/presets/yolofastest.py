@@ -75,6 +75,11 @@ class YOLOFastestCriterion(DenseCriterion):
     Shape:
         ``outputs``: per level a raw map ``(B, A·(5 + C), H_l, W_l)``.
 
+    Targets: one ``{"boxes": (M, 4), "labels": (M,)}`` dict per image; boxes in absolute pixels of the image the
+    maps were computed on, ``xyxy``; labels 0-based class indices in ``[0, C)``, the background implicit (never a
+    label). The first call checks them (see :class:`~lightning_losses.presets.DenseCriterion`). A
+    model's list of levels goes to :meth:`~lightning_losses.DetectionLossModule.compute_losses` as it is.
+
     Example:
         >>> crit = YOLOFastestCriterion(2, anchors=[[16, 16, 32, 24]], strides=[16])
         >>> target = [{"boxes": torch.tensor([[8.0, 8.0, 40.0, 32.0]]), "labels": torch.tensor([1])}]

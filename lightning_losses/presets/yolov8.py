@@ -80,6 +80,11 @@ class YOLOv8Criterion(DenseCriterion):
         ``(box (B, 4·R, H_l, W_l), cls (B, C, H_l, W_l))``. ``targets``: one ``{"boxes", "labels"}`` per image,
         pixel ``xyxy``.
 
+    Targets: one ``{"boxes": (M, 4), "labels": (M,)}`` dict per image; boxes in absolute pixels of the image the
+    maps were computed on, ``xyxy``; labels 0-based class indices in ``[0, C)``, the background implicit (never a
+    label). The first call checks them (see :class:`~lightning_losses.presets.DenseCriterion`). A
+    model's list of levels goes to :meth:`~lightning_losses.DetectionLossModule.compute_losses` as it is.
+
     Example:
         >>> criterion = YOLOv8Criterion(num_classes=2, strides=(8, 16))
         >>> maps = [torch.zeros(1, 4 * 16 + 2, 4, 4), torch.zeros(1, 66, 2, 2)]

@@ -62,6 +62,18 @@ class YOLOXCriterion(DenseCriterion):
         ``[tx, ty, tw, th, obj, cls_0 … cls_{C-1}]`` (NetsPresso, official YOLOX) or a triple
         ``(cls (B, C, H, W), bbox (B, 4, H, W), obj (B, 1, H, W))`` (MMDetection's ``YOLOXHead``).
 
+    Targets: one ``{"boxes": (M, 4), "labels": (M,)}`` dict per image; boxes in absolute pixels of the image the
+    maps were computed on, ``xyxy``; labels 0-based class indices in ``[0, C)``, the background implicit (never a
+    label). The first call checks them (see :class:`~lightning_losses.presets.DenseCriterion`). A
+    model's list of levels goes to :meth:`~lightning_losses.DetectionLossModule.compute_losses` as it is.
+
+    Example:
+        >>> criterion = YOLOXCriterion(num_classes=2, strides=[8])
+        >>> target = [{"boxes": torch.tensor([[8.0, 8.0, 40.0, 32.0]]), "labels": torch.tensor([1])}]
+        >>> terms = criterion([torch.zeros(1, 5 + 2, 8, 8)], target, image_size=64)
+        >>> sorted(terms), round(terms["loss_cls"].item(), 4)  # one positive, BCE of zero logits: 2 log 2
+        (['loss_bbox', 'loss_cls', 'loss_l1', 'loss_obj'], 1.3863)
+
     Reference: Ge et al., *YOLOX: Exceeding YOLO Series in 2021*, arXiv:2107.08430.
     """
 
