@@ -12,6 +12,7 @@ from lightning_losses.functional._checks import check_weight
 
 __all__ = [
     "REDUCTIONS",
+    "accumulation_dtype",
     "check_reduction",
     "has_positive_weight",
     "reduce_loss",
@@ -38,7 +39,8 @@ def reduce_loss(loss: Tensor, reduction: str) -> Tensor:
     """Reduce an element-wise loss by ``none``, ``mean`` or ``sum``.
 
     The mean of an empty tensor is 0 (with a graph to ``loss``), not NaN, so a batch without any
-    element to score contributes nothing instead of poisoning the step.
+    element to score contributes nothing instead of poisoning the step. Sums accumulate in at least
+    float32 (:func:`accumulation_dtype`): a half-precision loss reduces to float32.
 
     Example:
         >>> reduce_loss(torch.tensor([1.0, 2.0, 6.0]), "mean")
@@ -48,10 +50,11 @@ def reduce_loss(loss: Tensor, reduction: str) -> Tensor:
     """
     if reduction == "none":
         return loss
+    dtype = accumulation_dtype(loss.dtype)
     if reduction == "sum":
-        return loss.sum()
+        return loss.sum(dtype=dtype)
     if reduction == "mean":
-        return loss.mean() if loss.numel() > 0 else loss.sum()
+        return loss.mean(dtype=dtype) if loss.numel() > 0 else loss.sum(dtype=dtype)
     raise ValueError(f"`reduction` must be one of {REDUCTIONS}, got {reduction!r}")
 
 
@@ -84,7 +87,9 @@ def weight_reduce_loss(
         \end{cases}
 
     with :math:`\epsilon` the float32 machine epsilon and :math:`n` the number of elements of
-    ``loss`` (not the sum of the weights). This is the rule of MMDetection 3.x's losses.
+    ``loss`` (not the sum of the weights). This is the rule of MMDetection 3.x's losses. The sum
+    accumulates in at least float32 (:func:`accumulation_dtype`), so a half-precision loss reduces to a
+    float32 value instead of overflowing past 65,504; float64 stays float64.
 
     Args:
         loss: element-wise loss.
@@ -109,7 +114,17 @@ def weight_reduce_loss(
         loss = loss * weight
     if divisor is None:
         return loss
-    return loss.sum() / divisor
+    return loss.sum(dtype=accumulation_dtype(loss.dtype)) / divisor
+
+
+def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype sums and counts accumulate in: at least float32 (float16 overflows past 65,504), float64 stays.
+
+    Example:
+        >>> accumulation_dtype(torch.float16), accumulation_dtype(torch.float64)
+        (torch.float32, torch.float64)
+    """
+    return torch.promote_types(dtype, torch.float32)
 
 
 def reduction_divisor(numel: int, reduction: str, avg_factor: float | Tensor | None = None) -> float | Tensor | None:
