@@ -143,9 +143,12 @@ def balanced_l1_loss(
         raise ValueError(f"`alpha` must be > 0, got {alpha}")
     diff = _diff(pred, target).abs()
     b = math.exp(gamma / alpha) - 1
+    # The log branch sees diff clamped to beta: where it is not taken, a large diff (past float16's range
+    # once multiplied by b) would overflow it and turn the masked gradient into NaN.
+    small = diff.clamp(max=beta)
     loss = torch.where(
         diff < beta,
-        alpha / b * (b * diff + 1) * torch.log(b * diff / beta + 1) - alpha * diff,
+        alpha / b * (b * small + 1) * torch.log(b * small / beta + 1) - alpha * small,
         gamma * diff + gamma / b - alpha * beta,
     )
     return weight_reduce_loss(loss, weight, reduction, avg_factor)
