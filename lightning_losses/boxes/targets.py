@@ -28,7 +28,9 @@ def pad_targets(
 
     Padding rows are zero boxes with label ``-1`` and ``mask`` False; there is always at least one
     column, so a batch without any box still gathers safely. Shapes and dtypes are checked here;
-    label ranges are not (that would read values back to the host).
+    label ranges are not (that would read values back to the host). The layout comes from the boxes'
+    shapes (host metadata) and is built on ``device``: nothing is read back; targets held on another device
+    are copied to ``device`` (keep them on the maps' device to avoid that copy).
 
     Example:
         >>> t = pad_targets([{"boxes": torch.tensor([[0.0, 0, 4, 4]]), "labels": torch.tensor([2])},
