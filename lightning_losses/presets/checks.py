@@ -250,7 +250,7 @@ def check_targets(targets: Any, num_classes: int, extent: tuple[int, int] | None
             f"every box coordinate in `targets` is at most 1.5 on a {height} × {width} image: the boxes look "
             f"normalised. The criteria take {TARGETS}: multiply normalised boxes by (W, H, W, H)",
             UserWarning,
-            stacklevel=4,
+            stacklevel=5,  # the caller of the criterion
         )
     elif num_outside:
         warnings.warn(
@@ -258,7 +258,7 @@ def check_targets(targets: Any, num_classes: int, extent: tuple[int, int] | None
             f"times its size). The criteria take {TARGETS} in the image the maps were computed on: centre-size "
             f"(cx, cy, w, h) boxes or boxes of the unresized image look like this ({CONVERT})",
             UserWarning,
-            stacklevel=4,
+            stacklevel=5,  # the caller of the criterion
         )
 
 
