@@ -13,7 +13,9 @@ from lightning_losses.demo.detectors import (
     RetinaNetDetector,
     YOLOXDetector,
 )
+from lightning_losses.demo.query import QueryDetector
 from lightning_losses.demo.segmenter import PIDNetSegmenter
+from lightning_losses.demo.yolov8 import YOLOv8Detector
 
 __all__ = [
     "ATSSDetector",
@@ -21,7 +23,9 @@ __all__ = [
     "FitSummary",
     "GFLDetector",
     "PIDNetSegmenter",
+    "QueryDetector",
     "RetinaNetDetector",
     "SyntheticShapesDataModule",
     "YOLOXDetector",
+    "YOLOv8Detector",
 ]
