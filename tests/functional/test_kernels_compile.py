@@ -118,12 +118,15 @@ def test_compilations_are_bounded_over_sizes_autocast_and_grad_mode(counting):
 
 def test_a_copy_compiles_again_only_for_a_new_class_count(counting):
     """Within one call signature only a non-row size can add a compilation, once: after it the class count is
-    dynamic too (BOUND)."""
+    dynamic too (BOUND). (Dynamo may remember from an earlier copy of the same name that it varies, and compile
+    it dynamic at once: fewer, never more.)"""
+    counts = []
     for classes in (3, 5, 9, 12):
         x = torch.randn(40, classes, requires_grad=True)
         LF.sigmoid_focal_loss(x, torch.randint(0, classes + 1, (40,)), avg_factor=3.0).backward()
-    assert max(_entries().values()) == BOUND
-    assert counting.count <= 2 * BOUND  # two copies: the sum and the gradient
+        counts.append(counting.count)
+    assert max(_entries().values()) <= BOUND
+    assert counts[-1] == counts[1] <= 2 * BOUND  # two copies: the sum and the gradient
 
 
 def _spy_spec(chunk_rows: list[int]) -> ElementwiseSpec:
