@@ -11,6 +11,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from lightning_losses.assigners.base import AssignResult
 from lightning_losses.boxes.targets import PaddedTargets
 from lightning_losses.functional.kernels.runtime import run_kernel
 
@@ -70,15 +71,8 @@ class TaskAlignedResult(NamedTuple):
     labels: Tensor
     scores: Tensor
 
-    @property
-    def positive(self) -> Tensor:
-        """``(B, P)`` bool mask of positive priors."""
-        return self.gt_inds > 0
-
-    @property
-    def matched(self) -> Tensor:
-        """``(B, P)`` index of the matched box (0 where not positive, so safe to gather with)."""
-        return (self.gt_inds - 1).clamp(min=0)
+    positive = AssignResult.positive  # one definition of "positive" and "matched" for every assignment
+    matched = AssignResult.matched
 
 
 class TaskAlignedAssigner:
