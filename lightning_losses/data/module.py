@@ -7,12 +7,10 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-import torch
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
-from torch.utils.data import DataLoader
 
 from lightning_losses.data.coco import CocoAnnotations, CocoDetection, read_coco
-from lightning_losses.data.collate import collate_detection
+from lightning_losses.data.loaders import SplitLoaders
 from lightning_losses.data.transforms import ResizePad
 
 __all__ = ["CocoDetectionDataModule"]
@@ -20,7 +18,7 @@ __all__ = ["CocoDetectionDataModule"]
 STAGES = ("train", "val", "test", "predict")
 
 
-class CocoDetectionDataModule(L.LightningDataModule):
+class CocoDetectionDataModule(SplitLoaders, L.LightningDataModule):
     """Detection data in COCO format: one instances JSON and one image folder per split.
 
     Files are found under ``root`` by the patterns ``annotation_file`` and ``image_dir`` with ``{split}``
@@ -159,28 +157,3 @@ class CocoDetectionDataModule(L.LightningDataModule):
         for name in wanted.get(stage or "", STAGES):
             if self.splits[name]:
                 self.annotations(self.splits[name])
-
-    def _loader(self, stage: str, shuffle: bool) -> DataLoader:
-        generator = torch.Generator().manual_seed(int(self.seed)) if shuffle else None
-        return DataLoader(
-            self.dataset(stage),
-            batch_size=self.batch_size,
-            shuffle=shuffle,
-            generator=generator,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-            pin_memory=self.pin_memory,
-            collate_fn=collate_detection,
-        )
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)
-
-    def predict_dataloader(self) -> DataLoader:
-        return self._loader("predict", shuffle=False)

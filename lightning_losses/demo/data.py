@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import lightning as L
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from lightning_losses.data.collate import DetectionTarget, collate_detection
+from lightning_losses.data.loaders import SplitLoaders
 
 __all__ = [
     "SHAPES",
@@ -251,7 +253,7 @@ class SyntheticShapes(Dataset):
         return sample.image, {"boxes": sample.boxes, "labels": sample.labels}
 
 
-class SyntheticShapesDataModule(L.LightningDataModule):
+class SyntheticShapesDataModule(SplitLoaders, L.LightningDataModule):
     """Synthetic rectangles, ellipses and triangles on noisy backgrounds, for detection or segmentation.
 
     Images are rendered on the fly and deterministically from ``(seed, split, index)``; the class of a
@@ -351,26 +353,6 @@ class SyntheticShapesDataModule(L.LightningDataModule):
         """The full :class:`ShapesSample` behind item ``index`` of ``split`` (per-object masks included)."""
         return self.dataset(split).render(index)
 
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        generator = torch.Generator().manual_seed(int(self.seed)) if shuffle else None
-        return DataLoader(
-            self.dataset(split),
-            batch_size=self.batch_size,
-            shuffle=shuffle,
-            generator=generator,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-            collate_fn=collate_detection if self.task == "detection" else None,
-        )
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)
-
-    def predict_dataloader(self) -> DataLoader:
-        return self._loader("predict", shuffle=False)
+    def collate_fn(self) -> Callable[[Any], Any] | None:
+        """:func:`collate_detection` for detection; PyTorch's default collation for segmentation."""
+        return collate_detection if self.task == "detection" else None
