@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from lightning_losses.demo.yolov8 import YOLOv8Detector
+from lightning_losses.demo import YOLOv8Detector
 from lightning_losses.presets import YOLOv8Criterion
 
 
