@@ -94,9 +94,12 @@ def _proc_field(path: str, key: str) -> str:
 
 
 def machine_info() -> dict[str, str]:
-    """CPU model, cores, memory, library versions, git state and the fused kernel's content hash."""
-    fused = REPO / "lightning_losses" / "functional" / "fused.py"
-    fused_hash = hashlib.sha256(fused.read_bytes()).hexdigest()[:12] if fused.is_file() else "missing"
+    """CPU model, cores, memory, library versions, git state and the fused kernels' content hash."""
+    kernels = sorted((REPO / "lightning_losses" / "functional" / "kernels").glob("*.py"))
+    digest = hashlib.sha256()
+    for path in kernels:
+        digest.update(path.read_bytes())
+    fused_hash = digest.hexdigest()[:12] if kernels else "missing"
     changed = _git("status", "--porcelain", "--", "lightning_losses") not in ("", "?")
     return {
         "CPU": _proc_field("/proc/cpuinfo", "model name") or platform.processor() or platform.machine(),
@@ -110,7 +113,7 @@ def machine_info() -> dict[str, str]:
         "lightning": _version("lightning"),
         "git": _git("rev-parse", "--short", "HEAD")
         + (" + uncommitted changes in lightning_losses/" if changed else ""),
-        "fused.py sha256": fused_hash,
+        "kernels sha256": fused_hash,
         "LIGHTNING_LOSSES_COMPILE": os.environ.get("LIGHTNING_LOSSES_COMPILE", "unset (auto)"),
     }
 

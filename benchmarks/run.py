@@ -252,7 +252,7 @@ def main(argv: list[str] | None = None) -> None:
     ddp = collectives_section() if run_ddp else []
     load_end = os.getloadavg()
     check_end = thread_check(args.threads)
-    changed = [k for k, v in machine_info().items() if k in ("git", "fused.py sha256") and v != machine[k]]
+    changed = [k for k, v in machine_info().items() if k in ("git", "kernels sha256") and v != machine[k]]
     if changed:
         notes.append(f"{' and '.join(changed)} changed during the run: the figures may mix two versions")
     elapsed = time.perf_counter() - started
