@@ -10,6 +10,7 @@ import torch
 from torch import Tensor, nn
 from torchmetrics import Metric
 
+from lightning_losses.functional._checks import check_finite
 from lightning_losses.functional.reduction import check_reduction, zero_weight_shortcut
 from lightning_losses.serialization import RecordsInit
 
@@ -124,6 +125,12 @@ class LossMetric(RecordsInit, Metric):
         if self.zero_weight_rule == "always" or (self.zero_weight_rule == "reduced" and reduction != "none"):
             return zero_weight_shortcut(loss, pred, weight)
         return loss
+
+    def check_finite_inputs(self, pred: Tensor, target: Tensor) -> None:
+        """With ``validate_args``, raise ``ValueError`` unless ``pred`` and ``target`` are finite (host sync)."""
+        if self.validate_args:
+            check_finite(pred, "pred")
+            check_finite(target, "target")
 
     def _loss(
         self,

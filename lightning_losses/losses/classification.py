@@ -380,12 +380,14 @@ class DistributionFocalLoss(LossMetric):
         avg_factor: float | Tensor | None,
         reduction: str,
     ) -> Tensor:
-        if self.validate_args:
-            check_finite(pred, "pred")
-            check_finite(target, "target")
-            if target.numel() and (float(target.min()) < 0 or float(target.max()) > pred.shape[-1] - 1):
-                raise ValueError(
-                    f"`target` must lie in [0, {pred.shape[-1] - 1}], found values in "
-                    f"[{float(target.min())}, {float(target.max())}]"
-                )
+        self.check_finite_inputs(pred, target)
+        if (
+            self.validate_args
+            and target.numel()
+            and (float(target.min()) < 0 or float(target.max()) > pred.shape[-1] - 1)
+        ):
+            raise ValueError(
+                f"`target` must lie in [0, {pred.shape[-1] - 1}], found values in "
+                f"[{float(target.min())}, {float(target.max())}]"
+            )
         return distribution_focal_loss(pred, target, weight, reduction, avg_factor)

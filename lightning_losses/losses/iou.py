@@ -7,7 +7,6 @@ from typing import Any
 
 from torch import Tensor
 
-from lightning_losses.functional._checks import check_finite
 from lightning_losses.functional.iou import (
     IOU_LOSS_MODES,
     ciou_kernel,
@@ -83,9 +82,7 @@ class _BoxLoss(LossMetric):
         loss_weight: float,
         fold: bool,
     ) -> Tensor:
-        if self.validate_args:
-            check_finite(pred, "pred")
-            check_finite(target, "target")
+        self.check_finite_inputs(pred, target)
         return reduce_box_loss(
             type(self)._kernel,
             pred,

@@ -4,19 +4,11 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from lightning_losses.functional._checks import check_finite
 from lightning_losses.functional.regression import balanced_l1_loss, l1_loss, mse_loss, smooth_l1_loss
 from lightning_losses.losses.base import LossMetric
 from lightning_losses.registry import register_loss
 
 __all__ = ["BalancedL1Loss", "L1Loss", "MSELoss", "SmoothL1Loss"]
-
-
-class _RegressionLoss(LossMetric):
-    def _check(self, pred: Tensor, target: Tensor) -> None:
-        if self.validate_args:
-            check_finite(pred, "pred")
-            check_finite(target, "target")
 
 
 def _row_weight(pred: Tensor, weight: Tensor | None) -> Tensor | None:
@@ -27,7 +19,7 @@ def _row_weight(pred: Tensor, weight: Tensor | None) -> Tensor | None:
 
 
 @register_loss
-class L1Loss(_RegressionLoss):
+class L1Loss(LossMetric):
     r"""L1 loss :math:`\ell = |x - y|`.
 
     With a ``weight`` that has no positive entry the result is ``(pred * weight).sum()``, a zero that
@@ -60,12 +52,12 @@ class L1Loss(_RegressionLoss):
         avg_factor: float | Tensor | None,
         reduction: str,
     ) -> Tensor:
-        self._check(pred, target)
+        self.check_finite_inputs(pred, target)
         return l1_loss(pred, target, _row_weight(pred, weight), reduction, avg_factor)
 
 
 @register_loss
-class SmoothL1Loss(_RegressionLoss):
+class SmoothL1Loss(LossMetric):
     r"""Smooth L1 (Huber) loss.
 
     .. math::
@@ -108,7 +100,7 @@ class SmoothL1Loss(_RegressionLoss):
         avg_factor: float | Tensor | None,
         reduction: str,
     ) -> Tensor:
-        self._check(pred, target)
+        self.check_finite_inputs(pred, target)
         return smooth_l1_loss(pred, target, _row_weight(pred, weight), self.beta, reduction, avg_factor)
 
     def extra_repr(self) -> str:
@@ -116,7 +108,7 @@ class SmoothL1Loss(_RegressionLoss):
 
 
 @register_loss
-class MSELoss(_RegressionLoss):
+class MSELoss(LossMetric):
     r"""Squared error :math:`\ell = (x - y)^2`.
 
     Args:
@@ -140,12 +132,12 @@ class MSELoss(_RegressionLoss):
         avg_factor: float | Tensor | None,
         reduction: str,
     ) -> Tensor:
-        self._check(pred, target)
+        self.check_finite_inputs(pred, target)
         return mse_loss(pred, target, weight, reduction, avg_factor)
 
 
 @register_loss
-class BalancedL1Loss(_RegressionLoss):
+class BalancedL1Loss(LossMetric):
     r"""Balanced L1 loss (Libra R-CNN).
 
     .. math::
@@ -195,7 +187,7 @@ class BalancedL1Loss(_RegressionLoss):
         avg_factor: float | Tensor | None,
         reduction: str,
     ) -> Tensor:
-        self._check(pred, target)
+        self.check_finite_inputs(pred, target)
         return balanced_l1_loss(pred, target, weight, self.alpha, self.gamma, self.beta, reduction, avg_factor)
 
     def extra_repr(self) -> str:

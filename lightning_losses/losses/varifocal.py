@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from lightning_losses.functional._checks import check_finite
 from lightning_losses.functional.varifocal import varifocal_loss
 from lightning_losses.losses.base import LossMetric
 from lightning_losses.registry import register_loss
@@ -75,9 +74,7 @@ class VarifocalLoss(LossMetric):
         avg_factor: float | Tensor | None,
         reduction: str,
     ) -> Tensor:
-        if self.validate_args:
-            check_finite(pred, "pred")
-            check_finite(target, "target")
+        self.check_finite_inputs(pred, target)
         return varifocal_loss(
             pred,
             target,
