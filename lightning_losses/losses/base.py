@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
 import torch
@@ -125,6 +125,15 @@ class LossMetric(RecordsInit, Metric):
         if self.zero_weight_rule == "always" or (self.zero_weight_rule == "reduced" and reduction != "none"):
             return zero_weight_shortcut(loss, pred, weight)
         return loss
+
+    class_weight: Tensor | None
+
+    def set_class_weight(self, class_weight: Sequence[float] | Tensor | None) -> None:
+        """Keep per-class weights as a float32, non-persistent ``class_weight`` buffer (``None``: no weights)."""
+        if class_weight is None:
+            self.class_weight = None
+        else:
+            self.register_buffer("class_weight", torch.as_tensor(class_weight, dtype=torch.float32), persistent=False)
 
     def check_finite_inputs(self, pred: Tensor, target: Tensor) -> None:
         """With ``validate_args``, raise ``ValueError`` unless ``pred`` and ``target`` are finite (host sync)."""

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
 from torch import Tensor
 
 from lightning_losses.functional._checks import check_finite, check_labels_in_range
@@ -85,11 +84,7 @@ class CrossEntropyLoss(LossMetric):
         self.ignore_index = ignore_index
         self.avg_non_ignore = avg_non_ignore
         self.label_smoothing = float(label_smoothing)
-        self.class_weight: Tensor | None
-        if class_weight is None:
-            self.class_weight = None
-        else:
-            self.register_buffer("class_weight", torch.as_tensor(class_weight, dtype=torch.float32), persistent=False)
+        self.set_class_weight(class_weight)
 
     call_options = ("ignore_index",)
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 
 from lightning_losses.functional._checks import check_finite, check_labels_in_range
@@ -61,11 +60,7 @@ class OhemCrossEntropyLoss(LossMetric):
         self.thres = float(thres)
         self.min_kept = int(min_kept)
         self.ignore_index = int(ignore_index)
-        self.class_weight: Tensor | None
-        if class_weight is None:
-            self.class_weight = None
-        else:
-            self.register_buffer("class_weight", torch.as_tensor(class_weight, dtype=torch.float32), persistent=False)
+        self.set_class_weight(class_weight)
 
     def _loss(
         self, pred: Tensor, target: Tensor, weight: Tensor | None, avg_factor: float | Tensor | None, reduction: str
