@@ -9,9 +9,12 @@ import torch
 from torch import Tensor
 
 from lightning_losses.assigners.atss import ATSSAssigner, atss_targets
+from lightning_losses.assigners.base import AssignResult
+from lightning_losses.assigners.rows import positive_rows
 from lightning_losses.boxes.coders import bbox2distance, distance2bbox, integral
 from lightning_losses.boxes.iou import bbox_overlaps
 from lightning_losses.boxes.priors import AnchorGenerator, prior_strides
+from lightning_losses.boxes.targets import gather_boxes
 from lightning_losses.losses.base import LossMetric
 from lightning_losses.losses.classification import DistributionFocalLoss, QualityFocalLoss
 from lightning_losses.losses.iou import GIoULoss
@@ -107,15 +110,26 @@ class GFLCriterion(DenseCriterion):
         centers = (t.anchors[:, :2] + t.anchors[:, 2:]) / 2 / stride[:, None]
         target_boxes = t.boxes / stride[:, None]
         positive = t.positive
-        # Only positives are scored (MMDetection): negatives get zero logits, so a non-finite prediction on a
-        # negative cell cannot turn the weighted box and DFL sums, or their gradients, into NaN (0 · NaN).
-        # Each term masks on its own, so their graphs share no saved tensor: a backward through one term
-        # (without retain_graph) leaves the other's graph intact.
-        pred_boxes = distance2bbox(centers, integral(torch.where(positive[..., None], box, 0.0), self.reg_max))
-        score = torch.where(
-            positive, bbox_overlaps(pred_boxes.detach(), target_boxes, is_aligned=True), torch.zeros_like(cls[..., 0])
-        )
-        weight = torch.where(positive, cls.detach().sigmoid().amax(dim=-1), torch.zeros_like(score))
+        # Only positives are scored (MMDetection): each image's positives are gathered into a bounded number of
+        # rows, without reading their count back. ATSS gives a box at most ``topk`` priors per level, so an image
+        # has at most ``G · topk · L`` positives. Filler rows weigh nothing and see zero logits, so a non-finite
+        # prediction on a negative cell cannot turn the weighted box and DFL sums, or their gradients, into NaN.
+        num_gts = max((int(x["boxes"].shape[0]) for x in targets), default=0)
+        # Each positive prior is "matched" to its own row of ``target_boxes`` (its box, in stride units).
+        own = torch.arange(1, positive.shape[1] + 1, device=positive.device).expand_as(positive)
+        assign = AssignResult(torch.where(positive, own, 0), torch.zeros_like(target_boxes[..., 0]), t.labels)
+        rows = positive_rows(assign, target_boxes, self.assigner.topk * len(counts) * num_gts)
+        valid, row_targets = rows.valid, rows.boxes
+        row_centers = centers[rows.index]
+        # The box and DFL terms gather on their own, so their graphs share no saved tensor: a backward
+        # through one term (without retain_graph) leaves the other's graph intact.
+        row_box = torch.where(valid[..., None], gather_boxes(box, rows.index), 0.0)
+        pred_boxes = distance2bbox(row_centers, integral(row_box, self.reg_max))
+        row_score = torch.where(valid, bbox_overlaps(pred_boxes.detach(), row_targets, is_aligned=True), 0.0)
+        dtype = torch.promote_types(row_score.dtype, cls.dtype)
+        score = cls.new_zeros(cls.shape[:2], dtype=dtype).scatter(1, rows.index, row_score.to(dtype))
+        row_cls = gather_boxes(cls.detach(), rows.index)
+        weight = torch.where(valid, row_cls.sigmoid().amax(dim=-1), torch.zeros_like(row_score))
         avg_factor, weight_sum = self.average_over_ranks(t.avg_factor(), weight.sum())
         weight_sum = weight_sum.clamp(min=1)
 
@@ -127,11 +141,11 @@ class GFLCriterion(DenseCriterion):
             avg_factor=avg_factor,
         )
         loss_bbox = self.loss_bbox(
-            pred_boxes.reshape(-1, 4), target_boxes.reshape(-1, 4), weight=weight.reshape(-1), avg_factor=weight_sum
+            pred_boxes.reshape(-1, 4), row_targets.reshape(-1, 4), weight=weight.reshape(-1), avg_factor=weight_sum
         )
-        corners = bbox2distance(centers, target_boxes, max_dis=self.reg_max, eps=0.1)
+        corners = bbox2distance(row_centers, row_targets, max_dis=self.reg_max, eps=0.1)
         loss_dfl = self.loss_dfl(
-            torch.where(positive[..., None], box, 0.0).reshape(-1, bins),
+            torch.where(valid[..., None], gather_boxes(box, rows.index), 0.0).reshape(-1, bins),
             corners.reshape(-1),
             weight=weight[..., None].expand(-1, -1, 4).reshape(-1),
             avg_factor=4 * weight_sum,

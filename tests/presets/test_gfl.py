@@ -221,3 +221,23 @@ def test_non_finite_logits_on_negative_cells_leave_box_and_dfl_terms_unchanged()
     new_grads = torch.autograd.grad(got["loss_bbox"] + got["loss_dfl"], broken)
     for g_new, g_old in zip(new_grads, grads, strict=True):
         torch.testing.assert_close(g_new, g_old)
+
+
+def test_box_and_dfl_terms_score_a_bounded_number_of_rows_and_backpropagate_separately():
+    """Rows scored: min(P, topk · L · G) per image, not every prior; each term's gradient without retain_graph."""
+    cls_scores, bbox_preds, targets, _ = _inputs("seed0")
+    criterion = GFLCriterion(C)
+    rows: dict[str, int] = {}
+    for term in ("loss_bbox", "loss_dfl"):
+        getattr(criterion, term).register_forward_pre_hook(lambda m, args, term=term: rows.update({term: len(args[0])}))
+    got = criterion(cls_scores, bbox_preds, targets)
+    num_gts = max(len(t["boxes"]) for t in targets)
+    bound = min(sum(m.shape[-2] * m.shape[-1] for m in cls_scores), 9 * len(cls_scores) * num_gts)
+    assert bound < sum(m.shape[-2] * m.shape[-1] for m in cls_scores)  # 225 of 341 priors
+    assert rows == {"loss_bbox": 2 * bound, "loss_dfl": 2 * bound * 4}
+    want = total(gfl_loss_by_feat(cls_scores, bbox_preds, targets, C))
+    assert_terms_match(got, want, cls_scores + bbox_preds)
+    joint = torch.autograd.grad(got["loss_bbox"] + got["loss_dfl"], bbox_preds, retain_graph=True)
+    apart = [torch.autograd.grad(got[term], bbox_preds) for term in ("loss_bbox", "loss_dfl")]
+    for g, a, b in zip(joint, *apart, strict=True):
+        torch.testing.assert_close(a + b, g)
