@@ -11,17 +11,17 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from lightning_losses.functional._checks import (
+from lightning_losses.functional.kernels.dfl import dfl, dfl_grad
+from lightning_losses.functional.kernels.elementwise import fused_quality_focal_loss, fused_sigmoid_focal_loss
+from lightning_losses.functional.kernels.rows import fused_rowwise_loss
+from lightning_losses.functional.reduction import reduction_divisor, weight_reduce_loss
+from lightning_losses.functional.validation import (
     check_floating,
     check_ndim,
     check_same_shape,
     check_tensor,
     check_weight,
 )
-from lightning_losses.functional.kernels.dfl import dfl, dfl_grad
-from lightning_losses.functional.kernels.elementwise import fused_quality_focal_loss, fused_sigmoid_focal_loss
-from lightning_losses.functional.kernels.rows import fused_rowwise_loss
-from lightning_losses.functional.reduction import reduction_divisor, weight_reduce_loss
 
 __all__ = [
     "binary_cross_entropy",

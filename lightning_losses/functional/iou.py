@@ -14,9 +14,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from lightning_losses.functional._checks import check_boxes, check_same_shape, check_weight
 from lightning_losses.functional.kernels.rows import fused_rowwise_loss
 from lightning_losses.functional.reduction import reduction_divisor
+from lightning_losses.functional.validation import check_boxes, check_same_shape, check_weight
 
 __all__ = [
     "IOU_LOSS_MODES",

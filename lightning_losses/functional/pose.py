@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from lightning_losses.functional._checks import check_floating, check_ndim, check_tensor, check_weight
 from lightning_losses.functional.reduction import weight_reduce_loss
+from lightning_losses.functional.validation import check_floating, check_ndim, check_tensor, check_weight
 
 __all__ = ["kl_discret_loss", "simcc_gaussian_targets"]
 

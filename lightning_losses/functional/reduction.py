@@ -8,7 +8,7 @@ import math
 import torch
 from torch import Tensor
 
-from lightning_losses.functional._checks import check_weight
+from lightning_losses.functional.validation import check_weight
 
 __all__ = [
     "REDUCTIONS",

@@ -7,8 +7,8 @@ import math
 import torch
 from torch import Tensor
 
-from lightning_losses.functional._checks import check_floating, check_same_shape, check_tensor
 from lightning_losses.functional.reduction import weight_reduce_loss
+from lightning_losses.functional.validation import check_floating, check_same_shape, check_tensor
 
 __all__ = ["balanced_l1_loss", "l1_loss", "mse_loss", "smooth_l1_loss"]
 

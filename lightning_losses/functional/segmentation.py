@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from lightning_losses.functional._checks import check_floating, check_ndim, check_tensor
+from lightning_losses.functional.validation import check_floating, check_ndim, check_tensor
 
 __all__ = ["balanced_boundary_bce", "boundary_from_mask", "ohem_cross_entropy"]
 

@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from lightning_losses.functional._checks import check_floating, check_same_shape, check_tensor, check_weight
 from lightning_losses.functional.reduction import weight_reduce_loss
+from lightning_losses.functional.validation import check_floating, check_same_shape, check_tensor, check_weight
 
 __all__ = ["varifocal_loss"]
 

@@ -10,8 +10,8 @@ import torch
 from torch import Tensor, nn
 from torchmetrics import Metric
 
-from lightning_losses.functional._checks import check_finite
 from lightning_losses.functional.reduction import check_reduction, zero_weight_shortcut
+from lightning_losses.functional.validation import check_finite
 from lightning_losses.serialization import RecordsInit
 
 __all__ = ["LossMetric", "zero_weight_shortcut"]

@@ -6,7 +6,6 @@ from typing import Any
 
 from torch import Tensor
 
-from lightning_losses.functional._checks import check_finite, check_labels_in_range
 from lightning_losses.functional.classification import (
     binary_cross_entropy,
     cross_entropy,
@@ -15,6 +14,7 @@ from lightning_losses.functional.classification import (
     quality_focal_loss,
     sigmoid_focal_loss,
 )
+from lightning_losses.functional.validation import check_finite, check_labels_in_range
 from lightning_losses.losses.base import LossMetric
 from lightning_losses.registry import register_loss
 

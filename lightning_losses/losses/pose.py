@@ -6,8 +6,8 @@ from collections.abc import Sequence
 
 from torch import Tensor
 
-from lightning_losses.functional._checks import check_finite
 from lightning_losses.functional.pose import kl_discret_loss
+from lightning_losses.functional.validation import check_finite
 from lightning_losses.losses.base import LossMetric
 from lightning_losses.registry import register_loss
 

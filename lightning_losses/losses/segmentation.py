@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from lightning_losses.functional._checks import check_finite, check_labels_in_range
 from lightning_losses.functional.segmentation import balanced_boundary_bce, ohem_cross_entropy
+from lightning_losses.functional.validation import check_finite, check_labels_in_range
 from lightning_losses.losses.base import LossMetric
 from lightning_losses.registry import register_loss
 

@@ -1,4 +1,4 @@
-"""Input checks shared by the functional losses.
+"""Input checks shared by the functional losses and the loss modules (argument names in every message).
 
 Shape and dtype checks are free (no host sync) and always run. Value checks (label ranges,
 finiteness) read tensor values back to the host, so the modules run them only when constructed
