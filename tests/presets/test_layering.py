@@ -3,7 +3,7 @@
 - A preset module (one that defines a ``…Criterion`` class; ``base`` aside) imports no other preset module,
   neither directly nor through the ``lightning_losses.presets`` package; ``presets/base.py`` and the helper
   modules of ``presets/`` (styles, class targets) import none at all.
-- No library module imports a private (``_name``) name from a module of another package.
+- No library module imports a private (``_name``) name, or from a private module, of another package.
 - The styles of RetinaNet, YOLOX and SimOTA are read from one object each: no ``style ==`` comparison.
 """
 
@@ -128,7 +128,9 @@ def _private_from_other_packages(imports: list[tuple[str, str]], module: str) ->
     return [
         f"{module}: from {source} import {name}"
         for source, name in imports
-        if source.startswith("lightning_losses.") and name.startswith("_") and _package_of(source) != own
+        if source.startswith("lightning_losses.")
+        and _package_of(source) != own
+        and (name.startswith("_") or any(part.startswith("_") for part in source.split(".")[1:]))
     ]
 
 
@@ -145,9 +147,11 @@ def test_the_private_name_check_can_fail():
         "from lightning_losses.functional.fused import _fused\n"  # another package: caught
         "from lightning_losses.presets.base import _ABSENT\n"  # the same package: allowed
         "from lightning_losses.boxes.targets import pad_targets\n"  # public: allowed
+        "from lightning_losses.functional._private import check\n"  # a private module of another package: caught
     )
     assert _private_from_other_packages(_imported(source, module), module) == [
-        f"{module}: from lightning_losses.functional.fused import _fused"
+        f"{module}: from lightning_losses.functional.fused import _fused",
+        f"{module}: from lightning_losses.functional._private import check",
     ]
 
 
