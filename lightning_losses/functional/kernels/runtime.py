@@ -209,6 +209,11 @@ def _give_up(name: str, reason: str, whole: bool) -> None:
         raise _ChunksNeededError(reason)
 
 
+# One patch object, entered on every compiled call: building a config patch costs a class and a ContextVar
+# (hundreds of µs), entering one costs a few; its ContextVar stack makes it reentrant and thread-safe.
+_FAIL_ON_RECOMPILE_LIMIT = torch._dynamo.config.patch(fail_on_recompile_limit_hit=True)
+
+
 def run_kernel(
     fn: Callable[..., Any], numel: int, *args: Any, min_elements: int = COMPILE_MIN_ELEMENTS, whole: bool = False
 ) -> Any:
@@ -241,7 +246,7 @@ def run_kernel(
         own = _copy(fn, len(_compiler.compiled))
         compiled = _compiler.compiled[key] = torch.compile(own, dynamic=None, backend=_compiler.backend)
     try:
-        with _plain_mode(device_type), torch._dynamo.config.patch(fail_on_recompile_limit_hit=True):
+        with _plain_mode(device_type), _FAIL_ON_RECOMPILE_LIMIT:
             return compiled(*_normalised(args))
     except torch._dynamo.exc.FailOnRecompileLimitHit:
         _compiler.exhausted.add(key)
