@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -13,6 +12,7 @@ from torch import Tensor
 
 from lightning_losses.assigners.base import AssignResult
 from lightning_losses.boxes.targets import PaddedTargets
+from lightning_losses.functional.iou import aspect_arctan, broadcast_overlaps
 from lightning_losses.functional.kernels.runtime import run_kernel
 
 __all__ = [
@@ -310,30 +310,10 @@ def _pair_terms(
 
 
 def _pairwise_ciou(boxes: Tensor, pred: Tensor, eps: float = _CIOU_EPS) -> Tensor:
-    """:func:`~lightning_losses.boxes.bbox_overlaps` ``mode="ciou"`` of ``(B, g, 4)`` × ``(B, P, 4)`` boxes, the
-    same operations in the same order, with each box's arctangent of its aspect ratio taken once per box."""
-    box, other = boxes[:, :, None, :], pred[:, None, :, :]
-    aspect = _arctan_aspect(boxes, eps)[:, :, None]
-    other_aspect = _arctan_aspect(pred, eps)[:, None, :]
-    area1 = (box[..., 2] - box[..., 0]) * (box[..., 3] - box[..., 1])
-    area2 = (other[..., 2] - other[..., 0]) * (other[..., 3] - other[..., 1])
-    lt = torch.maximum(box[..., :2], other[..., :2])
-    rb = torch.minimum(box[..., 2:], other[..., 2:])
-    wh = (rb - lt).clamp(min=0)
-    overlap = wh[..., 0] * wh[..., 1]
-    enclose = (torch.maximum(box[..., 2:], other[..., 2:]) - torch.minimum(box[..., :2], other[..., :2])).clamp(min=0)
-    union = (area1 + area2 - overlap).clamp(min=eps)
-    ious = overlap / union
-    diag2 = enclose[..., 0].pow(2) + enclose[..., 1].pow(2) + eps
-    dx = (other[..., 0] + other[..., 2]) - (box[..., 0] + box[..., 2])
-    dy = (other[..., 1] + other[..., 3]) - (box[..., 1] + box[..., 3])
-    dious = ious - ((dx * dx + dy * dy) / 4) / diag2
-    v = (4 / math.pi**2) * (other_aspect - aspect).pow(2)
-    return dious - v / (1 - ious + v).clamp(min=eps) * v
-
-
-def _arctan_aspect(boxes: Tensor, eps: float) -> Tensor:
-    return torch.atan((boxes[..., 2] - boxes[..., 0]) / (boxes[..., 3] - boxes[..., 1] + eps))
+    """:func:`~lightning_losses.boxes.bbox_overlaps` ``mode="ciou"`` of ``(B, g, 4)`` × ``(B, P, 4)`` boxes, with each
+    box's arctangent of its aspect ratio taken once per box rather than once per pair."""
+    aspects = (aspect_arctan(boxes, eps)[:, :, None], aspect_arctan(pred, eps)[:, None, :])
+    return broadcast_overlaps(boxes[:, :, None, :], pred[:, None, :, :], "ciou", eps, aspects)
 
 
 def _power(x: Tensor, exponent: float) -> Tensor:

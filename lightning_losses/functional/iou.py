@@ -21,7 +21,9 @@ from lightning_losses.functional.validation import check_boxes, check_same_shape
 __all__ = [
     "IOU_LOSS_MODES",
     "OVERLAP_MODES",
+    "aspect_arctan",
     "bbox_overlaps",
+    "broadcast_overlaps",
     "ciou_kernel",
     "ciou_loss",
     "diou_kernel",
@@ -53,13 +55,21 @@ def _center_distance2(boxes1: Tensor, boxes2: Tensor) -> Tensor:
     return (dx * dx + dy * dy) / 4
 
 
-def _aspect_term(boxes1: Tensor, boxes2: Tensor, eps: float) -> Tensor:
-    r"""CIoU's :math:`v = \frac{4}{\pi^2}(\arctan\frac{w_2}{h_2} - \arctan\frac{w_1}{h_1})^2` (eps on heights)."""
-    w1 = boxes1[..., 2] - boxes1[..., 0]
-    h1 = boxes1[..., 3] - boxes1[..., 1] + eps
-    w2 = boxes2[..., 2] - boxes2[..., 0]
-    h2 = boxes2[..., 3] - boxes2[..., 1] + eps
-    return (4 / math.pi**2) * (torch.atan(w2 / h2) - torch.atan(w1 / h1)).pow(2)
+def aspect_arctan(boxes: Tensor, eps: float) -> Tensor:
+    r""":math:`\arctan\frac{w}{h + \epsilon}` of ``(..., 4)`` xyxy boxes: each box's share of CIoU's aspect term.
+
+    Example:
+        >>> aspect_arctan(torch.tensor([[0.0, 0.0, 2.0, 2.0]]), 0.0)
+        tensor([0.7854])
+    """
+    return torch.atan((boxes[..., 2] - boxes[..., 0]) / (boxes[..., 3] - boxes[..., 1] + eps))
+
+
+def _aspect_term(boxes1: Tensor, boxes2: Tensor, eps: float, aspects: tuple[Tensor, Tensor] | None = None) -> Tensor:
+    r"""CIoU's :math:`v = \frac{4}{\pi^2}(\arctan\frac{w_2}{h_2} - \arctan\frac{w_1}{h_1})^2` (eps on heights);
+    ``aspects`` gives both arctangents precomputed (:func:`aspect_arctan`, broadcastable), once per box."""
+    atan1, atan2 = aspects if aspects is not None else (aspect_arctan(boxes1, eps), aspect_arctan(boxes2, eps))
+    return (4 / math.pi**2) * (atan2 - atan1).pow(2)
 
 
 def _geometry(boxes1: Tensor, boxes2: Tensor, enclose: bool = True) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -137,7 +147,25 @@ def bbox_overlaps(
     return _overlaps(boxes1, boxes2, mode, eps)
 
 
-def _overlaps(boxes1: Tensor, boxes2: Tensor, mode: str, eps: float) -> Tensor:
+def broadcast_overlaps(
+    boxes1: Tensor, boxes2: Tensor, mode: str, eps: float, aspects: tuple[Tensor, Tensor] | None = None
+) -> Tensor:
+    """:func:`bbox_overlaps` of broadcast-aligned float boxes, without the boundary checks: the one overlap formula.
+
+    ``aspects`` (``"ciou"`` only): each box's :func:`aspect_arctan`, precomputed and broadcastable, so a pairwise
+    caller (an assigner's boxes × priors) takes each arctangent once per box instead of once per pair.
+
+    Example:
+        >>> a, b = torch.tensor([[0.0, 0.0, 2.0, 2.0]]), torch.tensor([[1.0, 0.0, 3.0, 2.0]])
+        >>> broadcast_overlaps(a, b, "iou", 1e-6)
+        tensor([0.3333])
+    """
+    return _overlaps(boxes1, boxes2, mode, eps, aspects)
+
+
+def _overlaps(
+    boxes1: Tensor, boxes2: Tensor, mode: str, eps: float, aspects: tuple[Tensor, Tensor] | None = None
+) -> Tensor:
     """:func:`bbox_overlaps` of broadcast-aligned float boxes, without the boundary checks."""
     overlap, area1, area2, enclose_wh = _geometry(boxes1, boxes2, enclose=mode not in ("iou", "iof"))
     union = area1 if mode == "iof" else area1 + area2 - overlap
@@ -152,7 +180,7 @@ def _overlaps(boxes1: Tensor, boxes2: Tensor, mode: str, eps: float) -> Tensor:
     dious = ious - _center_distance2(boxes1, boxes2) / diag2
     if mode == "diou":
         return dious
-    v = _aspect_term(boxes1, boxes2, eps)
+    v = _aspect_term(boxes1, boxes2, eps, aspects)
     with torch.no_grad():
         alpha = v / (1 - ious + v).clamp(min=eps)
     return dious - alpha * v
