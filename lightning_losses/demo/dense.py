@@ -11,11 +11,20 @@ import torch
 from torch import Tensor, nn
 from torchmetrics import Metric
 
+from lightning_losses.boxes.priors import AnchorGenerator, PointGenerator
 from lightning_losses.demo.backbone import FPN, STRIDES, TinyBackbone
 from lightning_losses.demo.optim import adamw_cosine
 from lightning_losses.lightning.mixin import DetectionLossModule
+from lightning_losses.presets.base import DenseCriterion
 
-__all__ = ["DenseDetector", "Detections", "mean_average_precision", "prior_strides", "select_detections"]
+__all__ = [
+    "DenseDetector",
+    "Detections",
+    "level_priors",
+    "mean_average_precision",
+    "prior_strides",
+    "select_detections",
+]
 
 Detections = list[dict[str, Tensor]]
 Targets = Sequence[Mapping[str, Tensor]]
@@ -83,6 +92,34 @@ def prior_strides(sizes: Sequence[tuple[int, int]], per_cell: int, device: torch
     """The stride of each prior, priors ordered as the generators order them (``per_cell`` per cell)."""
     counts = torch.tensor([h * w * per_cell for h, w in sizes], device=device)
     return torch.repeat_interleave(torch.tensor(STRIDES, dtype=torch.float32, device=device), counts)
+
+
+def level_priors(
+    maps: Sequence[Tensor], generator: AnchorGenerator | PointGenerator
+) -> tuple[list[tuple[int, int]], Tensor]:
+    """The feature-map sizes of one head output per level and ``generator``'s priors of all levels in one tensor.
+
+    The one rule by which every demo dense detector's :meth:`DenseDetector.decode` finds its priors: sizes
+    ``(H_l, W_l)`` are the maps' last two dimensions (the criteria's ``featmap_sizes``), and the priors are
+    ``generator.grid_priors(sizes, device)`` of the first map's device, concatenated over levels (float32 rows
+    ordered level, ``y``, ``x``, prior within a cell: the order of ``flatten_levels``). What differs between the
+    detectors (anchors or points, their strides and cell offset) is the ``generator`` they pass.
+
+    Args:
+        maps: per-level maps ``(B, ·, H_l, W_l)``, levels in the generator's stride order.
+        generator: the prior generator: a criterion's ``anchor_generator`` / ``point_generator``, or a
+            ``PointGenerator`` of the backbone's strides.
+
+    Returns:
+        ``sizes`` (one ``(H_l, W_l)`` per level) and the priors ``(Σ_l H_l·W_l·A, 4)`` anchors or ``(Σ_l H_l·W_l, 2)``
+        points.
+    """
+    if isinstance(maps, Tensor) or not isinstance(maps, Sequence):
+        raise TypeError(f"`maps` must be a sequence of per-level tensors, got {type(maps).__name__}")
+    if not maps:
+        raise ValueError("`maps` must hold one map per level, got none")
+    sizes = DenseCriterion.featmap_sizes(maps)
+    return sizes, torch.cat(generator.grid_priors(sizes, maps[0].device))
 
 
 class DenseDetector(DetectionLossModule, L.LightningModule):

@@ -10,7 +10,7 @@ from torch import Tensor
 from lightning_losses.boxes.coders import distance2bbox, integral
 from lightning_losses.boxes.priors import PointGenerator
 from lightning_losses.demo.backbone import STRIDES, DenseHead, prior_bias
-from lightning_losses.demo.dense import DenseDetector, prior_strides
+from lightning_losses.demo.dense import DenseDetector, level_priors, prior_strides
 from lightning_losses.presets.atss import ATSSCriterion
 from lightning_losses.presets.base import flatten_levels
 from lightning_losses.presets.fcos import FCOSCriterion
@@ -66,8 +66,7 @@ class RetinaNetDetector(DenseDetector):
     def decode(self, outputs: tuple[list[Tensor], list[Tensor]], image_size: Sequence[int]) -> tuple[Tensor, Tensor]:
         cls_scores, bbox_preds = outputs
         criterion = self.criterion
-        sizes = criterion.featmap_sizes(cls_scores)
-        anchors = torch.cat(criterion.anchor_generator.grid_priors(sizes, cls_scores[0].device))
+        _, anchors = level_priors(cls_scores, criterion.anchor_generator)
         deltas = flatten_levels(bbox_preds, 4, "bbox_preds")
         scores = flatten_levels(cls_scores, self.num_classes, "cls_scores").sigmoid()
         return criterion.coder.decode(anchors, deltas), scores
@@ -124,9 +123,7 @@ class FCOSDetector(DenseDetector):
         self, outputs: tuple[list[Tensor], list[Tensor], list[Tensor]], image_size: Sequence[int]
     ) -> tuple[Tensor, Tensor]:
         cls_scores, bbox_preds, centerness = outputs
-        criterion = self.criterion
-        sizes = criterion.featmap_sizes(cls_scores)
-        points = torch.cat(criterion.point_generator.grid_priors(sizes, cls_scores[0].device))
+        sizes, points = level_priors(cls_scores, self.criterion.point_generator)
         distances = flatten_levels(bbox_preds, 4, "bbox_preds")
         if self.norm_on_bbox:
             distances = distances * prior_strides(sizes, 1, distances.device)[:, None]
@@ -181,8 +178,7 @@ class ATSSDetector(DenseDetector):
     ) -> tuple[Tensor, Tensor]:
         cls_scores, bbox_preds, centerness = outputs
         criterion = self.criterion
-        sizes = criterion.featmap_sizes(cls_scores)
-        anchors = torch.cat(criterion.anchor_generator.grid_priors(sizes, cls_scores[0].device))
+        _, anchors = level_priors(cls_scores, criterion.anchor_generator)
         quality = flatten_levels(centerness, 1, "centerness").sigmoid()
         scores = flatten_levels(cls_scores, self.num_classes, "cls_scores").sigmoid() * quality
         return criterion.coder.decode(anchors, flatten_levels(bbox_preds, 4, "bbox_preds")), scores
@@ -231,9 +227,7 @@ class GFLDetector(DenseDetector):
 
     def decode(self, outputs: tuple[list[Tensor], list[Tensor]], image_size: Sequence[int]) -> tuple[Tensor, Tensor]:
         cls_scores, bbox_preds = outputs
-        criterion = self.criterion
-        sizes = criterion.featmap_sizes(cls_scores)
-        anchors = torch.cat(criterion.anchor_generator.grid_priors(sizes, cls_scores[0].device))
+        sizes, anchors = level_priors(cls_scores, self.criterion.anchor_generator)
         centers = (anchors[:, :2] + anchors[:, 2:]) / 2
         bins = flatten_levels(bbox_preds, 4 * (self.reg_max + 1), "bbox_preds")
         distances = integral(bins, self.reg_max) * prior_strides(sizes, 1, bins.device)[:, None]
@@ -279,6 +273,7 @@ class YOLOXDetector(DenseDetector):
         super().__init__(criterion, num_classes, lr, weight_decay, channels, score_thr, nms_iou, max_det)
         self.save_hyperparameters()
         self.head = DenseHead(channels, num_classes, 4, extra_channels=1, extra_bias=prior_bias())
+        self.grid_generator = PointGenerator(STRIDES, offset=0.0)  # cell corners (x·s, y·s), as the criterion's grid
 
     def forward(self, images: Tensor) -> list[Tensor]:
         cls_maps, box_maps, obj_maps = self.head(self.features(images))
@@ -288,10 +283,8 @@ class YOLOXDetector(DenseDetector):
         return (outputs,)
 
     def decode(self, outputs: list[Tensor], image_size: Sequence[int]) -> tuple[Tensor, Tensor]:
-        sizes = [(int(m.shape[-2]), int(m.shape[-1])) for m in outputs]
-        device = outputs[0].device
-        grids = torch.cat(PointGenerator(STRIDES, offset=0.0).grid_priors(sizes, device))
-        stride = prior_strides(sizes, 1, device)[:, None]
+        sizes, grids = level_priors(outputs, self.grid_generator)
+        stride = prior_strides(sizes, 1, grids.device)[:, None]
         raw = flatten_levels(outputs, 5 + self.num_classes, "outputs").float()
         center = raw[..., :2] * stride + grids
         size = raw[..., 2:4].exp() * stride

@@ -10,7 +10,7 @@ from torch import Tensor
 from lightning_losses.boxes.coders import distance2bbox
 from lightning_losses.boxes.priors import PointGenerator
 from lightning_losses.demo.backbone import STRIDES, DenseHead
-from lightning_losses.demo.dense import DenseDetector, prior_strides
+from lightning_losses.demo.dense import DenseDetector, level_priors, prior_strides
 from lightning_losses.presets.base import flatten_levels
 from lightning_losses.presets.yolov8 import YOLOv8Criterion
 
@@ -57,6 +57,7 @@ class YOLOv8Detector(DenseDetector):
         self.save_hyperparameters()
         self.reg_max = int(self.criterion.reg_max)
         self.head = DenseHead(channels, num_classes, 4 * self.reg_max)
+        self.point_generator = PointGenerator(STRIDES, offset=0.5)  # cell centres, as the criterion's anchor points
 
     def forward(self, images: Tensor) -> list[Tensor]:
         cls_maps, box_maps, _ = self.head(self.features(images))
@@ -66,9 +67,8 @@ class YOLOv8Detector(DenseDetector):
         return (outputs,)
 
     def decode(self, outputs: list[Tensor], image_size: Sequence[int]) -> tuple[Tensor, Tensor]:
-        sizes = [(int(m.shape[-2]), int(m.shape[-1])) for m in outputs]
-        device = outputs[0].device
-        points = torch.cat(PointGenerator(STRIDES, offset=0.5).grid_priors(sizes, device))
+        sizes, points = level_priors(outputs, self.point_generator)
+        device = points.device
         rows = flatten_levels(outputs, 4 * self.reg_max + self.num_classes, "outputs").float()
         bins = rows[..., : 4 * self.reg_max].reshape(*rows.shape[:2], 4, self.reg_max).softmax(-1)
         distances = bins @ torch.arange(self.reg_max, dtype=torch.float32, device=device)

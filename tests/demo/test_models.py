@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from lightning_losses.boxes import bbox2distance
+from lightning_losses.boxes import PointGenerator, bbox2distance
 from lightning_losses.demo import (
     ATSSDetector,
     FCOSDetector,
@@ -17,7 +17,7 @@ from lightning_losses.demo import (
     SyntheticShapesDataModule,
     YOLOXDetector,
 )
-from lightning_losses.demo.dense import select_detections
+from lightning_losses.demo.dense import level_priors, select_detections
 from lightning_losses.presets import FCOSCriterion, RetinaNetCriterion
 
 pytestmark = [
@@ -274,6 +274,45 @@ def test_yolox_decoding_inverts_the_criterion_l1_target():
     boxes, scores = model.decode(_to_maps(fused.expand(B, -1, -1)), (SIZE, SIZE))
     torch.testing.assert_close(boxes, GT.expand_as(boxes), atol=1e-4, rtol=0)
     torch.testing.assert_close(scores, torch.full_like(scores, 0.25))
+
+
+# A non-square 48 × 80 image: ceil(H / s) × ceil(W / s) cells per level.
+WIDE_LEVELS = [(6, 10), (3, 5), (2, 3)]
+
+
+def _cell_centres(offset: float) -> torch.Tensor:
+    """Reference: ``((x + offset)·s, (y + offset)·s)`` per level, rows ``y``-major, then ``x``."""
+    rows = []
+    for (h, w), s in zip(WIDE_LEVELS, (8, 16, 32), strict=True):
+        rows += [[(x + offset) * s, (y + offset) * s] for y in range(h) for x in range(w)]
+    return torch.tensor(rows)
+
+
+@pytest.mark.parametrize("offset", [0.0, 0.5])  # YOLOX's grid (corners), FCOS / YOLOv8 points (centres)
+def test_level_priors_of_a_non_square_image_are_row_major_cells_per_level(offset: float):
+    maps = [torch.zeros(B, 5, h, w) for h, w in WIDE_LEVELS]
+    sizes, points = level_priors(maps, PointGenerator((8, 16, 32), offset=offset))
+    assert sizes == WIDE_LEVELS
+    assert points.dtype == torch.float32
+    torch.testing.assert_close(points, _cell_centres(offset), rtol=0, atol=0)
+
+
+def test_level_priors_of_a_non_square_image_put_each_cells_anchors_together():
+    """RetinaNet's 9 anchors per cell are centred on the cell's corner ``(x·s, y·s)``, cell by cell."""
+    model = RetinaNetDetector(num_classes=C, channels=16)
+    maps = [torch.zeros(B, 9 * C, h, w) for h, w in WIDE_LEVELS]
+    sizes, anchors = level_priors(maps, model.criterion.anchor_generator)
+    assert sizes == WIDE_LEVELS
+    centres = ((anchors[:, :2] + anchors[:, 2:]) / 2).reshape(-1, 9, 2)
+    torch.testing.assert_close(centres, _cell_centres(0.0)[:, None].expand(-1, 9, -1), rtol=0, atol=1e-4)
+
+
+def test_level_priors_rejects_what_is_not_a_list_of_level_maps():
+    generator = PointGenerator((8, 16, 32))
+    with pytest.raises(TypeError, match="`maps`"):
+        level_priors(torch.zeros(3, B, 5, 4, 4), generator)
+    with pytest.raises(ValueError, match="`maps`"):
+        level_priors([], generator)
 
 
 def test_select_detections_thresholds_clips_and_suppresses_per_class():
