@@ -10,7 +10,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from lightning_losses.assigners.base import AssignResult
+from lightning_losses.assigners.base import AssignResult, chunk_budget
 from lightning_losses.boxes.targets import PaddedTargets
 from lightning_losses.functional.iou import aspect_arctan, broadcast_overlaps
 from lightning_losses.functional.kernels.runtime import run_kernel
@@ -25,6 +25,13 @@ __all__ = [
 
 _CIOU_EPS = 1e-7  # both references' CIoU guard
 _COMPILE_MIN_PAIRS = 1 << 18  # a chunk's ~40 element-wise pair operations fuse into one loop from here
+# Temporaries alive at once per (image, box, prior) triple of a chunk, eager (a compiled chunk holds far less),
+# float32: inside the pairwise CIoU the corners max/min (lt, rb: 8 B each), wh (8), the overlap (4) and the
+# enclosing box's max, min and difference (8 each): 52 B, beside the candidate mask (1) and the previous
+# chunk's metric and IoU (8: they are replaced only when this chunk returns): 61; 68 with the per-prior
+# running maxima shared by the chunk's boxes. Measured on CPU, tracking live tensor storage: 64.1 B a triple
+# at 16 boxes a chunk.
+_BYTES_PER_TRIPLE = 68
 
 
 @dataclass(frozen=True)
@@ -110,7 +117,8 @@ class TaskAlignedAssigner:
     positive metric its choice among metric-0 priors follows ``torch.topk``'s tie order; here a positive
     needs a metric above 0 (a metric-0 positive gets a class target and box weight of 0 in both).
 
-    Memory: the (image, box, prior) work runs in chunks of boxes holding at most ``max_elements`` pairs;
+    Memory: the (image, box, prior) work runs in chunks of boxes holding at most ``max_elements`` pairs
+    (by default as many as the memory available allows; the chunking never changes the result);
     what crosses chunks is ``O(B·G·topk + B·P)``, so 1,000 boxes per image never allocate a boxes × priors
     tensor, let alone one over classes. Everything is computed in float32 whatever the input dtype.
 
@@ -121,7 +129,9 @@ class TaskAlignedAssigner:
         eps: added to each box's largest metric in the soft target.
         style: ``"ultralytics"`` or ``"netspresso"``.
         min_size: box sides below it are widened to it for the candidate test (``None``: none are).
-        max_elements: (image, box, prior) pairs per chunk.
+        max_elements: (image, box, prior) pairs per chunk: ``None`` (default) sizes each call's chunks from the
+            memory available on the predictions' device (:func:`~lightning_losses.assigners.base.memory_budget`,
+            68 bytes of temporaries per pair); an int >= 1 is a fixed budget.
 
     Example:
         >>> from lightning_losses.boxes.targets import pad_targets
@@ -143,7 +153,7 @@ class TaskAlignedAssigner:
         eps: float = 1e-9,
         style: str = "ultralytics",
         min_size: float | None = None,
-        max_elements: int = 1 << 21,
+        max_elements: int | None = None,
     ) -> None:
         if style not in TASK_ALIGNED_STYLE_TABLE:
             raise ValueError(f"`style` must be one of {TASK_ALIGNED_STYLES}, got {style!r}")
@@ -155,8 +165,8 @@ class TaskAlignedAssigner:
             raise ValueError(f"`eps` must be >= 0, got {eps}")
         if min_size is not None and not min_size >= 0:
             raise ValueError(f"`min_size` must be None or >= 0, got {min_size!r}")
-        if max_elements < 1:
-            raise ValueError(f"`max_elements` must be >= 1, got {max_elements}")
+        if max_elements is not None and max_elements < 1:
+            raise ValueError(f"`max_elements` must be None or >= 1, got {max_elements}")
         self.topk = topk
         self.alpha = float(alpha)
         self.beta = float(beta)
@@ -164,7 +174,7 @@ class TaskAlignedAssigner:
         self.style = style
         self.conventions = TASK_ALIGNED_STYLE_TABLE[style]
         self.min_size = None if min_size is None else float(min_size)
-        self.max_elements = int(max_elements)
+        self.max_elements = None if max_elements is None else int(max_elements)
 
     @torch.no_grad()
     def assign(
@@ -200,7 +210,8 @@ class TaskAlignedAssigner:
         topk = min(self.topk, num_priors)
         pred = pred_boxes.float()
         region = _widened(boxes, self.min_size if min_size is None else min_size)
-        chunk = max(1, min(num_gts, self.max_elements // max(batch * num_priors, 1)))
+        budget = chunk_budget(self.max_elements, device, _BYTES_PER_TRIPLE)
+        chunk = max(1, min(num_gts, budget // max(batch * num_priors, 1)))
 
         # Per box: its top-k priors with their metric and IoU. Per prior: the box it overlaps most so far.
         top_index, top_metric, top_iou = [], [], []

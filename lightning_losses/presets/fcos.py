@@ -53,7 +53,7 @@ class FCOSCriterion(DenseCriterion):
             :func:`~lightning_losses.presets.class_targets.class_targets`).
         loss_bbox: default ``IoULoss(mode="log")``.
         loss_centerness: default ``CrossEntropyLoss(use_sigmoid=True)``.
-        max_assign_elements: chunk budget of the assigner.
+        max_assign_elements: the assigner's ``max_elements`` (``None``: chunks sized from the memory available).
 
     Shape:
         - ``cls_scores[l]``: ``(B, C, H_l, W_l)``; ``bbox_preds[l]``: ``(B, 4, H_l, W_l)`` positive
@@ -91,7 +91,7 @@ class FCOSCriterion(DenseCriterion):
         loss_cls: LossMetric | Mapping[str, Any] | None = None,
         loss_bbox: LossMetric | Mapping[str, Any] | None = None,
         loss_centerness: LossMetric | Mapping[str, Any] | None = None,
-        max_assign_elements: int = 1 << 24,
+        max_assign_elements: int | None = None,
     ) -> None:
         super().__init__(num_classes, strides)
         self.point_generator = PointGenerator(self.strides, offset=0.5)

@@ -70,7 +70,7 @@ class YOLOFastestCriterion(DenseCriterion):
         loss_bbox: default ``GIoULoss(eps=1e-7, loss_weight=5.0)``.
         loss_obj: default ``CrossEntropyLoss(use_sigmoid=True)``.
         loss_cls: default ``CrossEntropyLoss(use_sigmoid=True)``; receives ``(N, C)`` one-hot × IoU targets.
-        max_assign_elements: memory budget of the assigner.
+        max_assign_elements: the assigner's ``max_elements`` (``None``: chunks sized from the memory available).
 
     Shape:
         ``outputs``: per level a raw map ``(B, A·(5 + C), H_l, W_l)``.
@@ -102,7 +102,7 @@ class YOLOFastestCriterion(DenseCriterion):
         loss_bbox: LossMetric | Mapping[str, Any] | None = None,
         loss_obj: LossMetric | Mapping[str, Any] | None = None,
         loss_cls: LossMetric | Mapping[str, Any] | None = None,
-        max_assign_elements: int = 1 << 20,
+        max_assign_elements: int | None = None,
     ) -> None:
         table = _anchor_table(anchors)
         super().__init__(num_classes, strides if strides is not None else (1,) * table.shape[0])

@@ -72,7 +72,7 @@ class YOLOv8Criterion(DenseCriterion):
             the dense ``(B·P, C)`` target.
         loss_bbox: default ``YOLOCIoULoss(eps=1e-7, loss_weight=7.5)``, weighted by each positive's target.
         loss_dfl: default ``DistributionFocalLoss(loss_weight=1.5)``, each side weighted by a quarter of it.
-        max_assign_elements: (image, box, prior) pairs per chunk of the assigner.
+        max_assign_elements: the assigner's ``max_elements`` (``None``: chunks sized from the memory available).
 
     Shape:
         ``outputs``: per level either one map ``(B, 4·R + C, H_l, W_l)`` with the box bins first, channel
@@ -111,7 +111,7 @@ class YOLOv8Criterion(DenseCriterion):
         loss_cls: LossMetric | Mapping[str, Any] | None = None,
         loss_bbox: LossMetric | Mapping[str, Any] | None = None,
         loss_dfl: LossMetric | Mapping[str, Any] | None = None,
-        max_assign_elements: int = 1 << 21,
+        max_assign_elements: int | None = None,
     ) -> None:
         super().__init__(num_classes, strides if strides is not None else (1,))
         if isinstance(reg_max, bool) or not isinstance(reg_max, int) or reg_max < 2:

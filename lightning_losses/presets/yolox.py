@@ -55,7 +55,7 @@ class YOLOXCriterion(DenseCriterion):
         loss_obj: default ``CrossEntropyLoss(use_sigmoid=True)``.
         loss_cls: default ``CrossEntropyLoss(use_sigmoid=True)``; receives ``(N, C)`` one-hot × IoU targets.
         loss_l1: default ``L1Loss()``.
-        max_assign_elements: memory budget of the assigner.
+        max_assign_elements: the assigner's ``max_elements`` (``None``: chunks sized from the memory available).
 
     Shape:
         ``outputs``: per level either one raw map ``(B, 5 + C, H_l, W_l)`` laid out
@@ -90,7 +90,7 @@ class YOLOXCriterion(DenseCriterion):
         loss_obj: LossMetric | Mapping[str, Any] | None = None,
         loss_cls: LossMetric | Mapping[str, Any] | None = None,
         loss_l1: LossMetric | Mapping[str, Any] | None = None,
-        max_assign_elements: int = 1 << 20,
+        max_assign_elements: int | None = None,
     ) -> None:
         super().__init__(num_classes, strides if strides is not None else (1,))
         self.derive_strides = strides is None
