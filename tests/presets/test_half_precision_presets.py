@@ -4,11 +4,11 @@ DETR with RT-DETR's 300 queries, auxiliary decoder layers, encoder proposals and
 every gradient stays finite under bf16 / fp16 CPU autocast (float32 inputs) and with inputs already in float16 /
 bfloat16 (what Lightning's ``16-true`` / ``bf16-true`` hand over), and some gradient is non-zero.
 
-Budget (the file runs in about 90 s on two shared CPU cores). RetinaNet runs with 5 classes: at 80 its
-12 x 76,725 anchors x 80 = 74M logits take the eager focal kernel about 20 s per call on two cores (9 s
-forward, 11 s backward, measured), and even 10 classes took 4 to 7 s per case; 5 classes keep B 12 x 640² and
-4.6M logits, 70 times float16's largest value. DETR has 2 auxiliary and 2 denoising layers (RT-DETR: 5 and 6):
-each set adds the same terms again.
+Budget (the file takes about 75 s of CPU time, 2 minutes of wall time on two busy cores). RetinaNet runs
+with 5 classes: at 80 its 12 x 76,725 anchors x 80 = 74M logits take the eager focal kernel about 20 s per call
+on two cores (9 s forward, 11 s backward, measured), and even 10 classes took 4 to 7 s per case; 5 classes keep
+B 12 x 640² and 4.6M logits, 70 times float16's largest value. DETR has 2 auxiliary and 2 denoising layers
+(RT-DETR: 5 and 6): each set adds the same terms again.
 
 Reference: finiteness, and on the same inputs the old failure mode this size provokes (the float16 sum of the
 classification logits' BCE terms overflows, past 65,504). One case per preset (float16 inputs) has every head
@@ -48,7 +48,7 @@ YOLO_STRIDES = (8, 16, 32)
 FASTEST_STRIDES = (16, 32)
 FASTEST_ANCHORS = [[12.0, 18.0, 37.0, 49.0, 52.0, 132.0], [115.0, 73.0, 119.0, 199.0, 242.0, 238.0]]
 QUERIES = 300
-AUX_LAYERS = DN_LAYERS = 2  # RT-DETR has 5 and 6; every set is one more of the same terms, at a second each
+AUX_LAYERS = DN_LAYERS = 2  # RT-DETR has 5 and 6; each further set repeats the same terms
 DN_GROUPS = 100 // max(BOX_COUNTS)  # RT-DETR: 100 denoising queries' worth of groups, 2 x max boxes each
 PRESETS = ["retinanet", "fcos", "atss", "gfl", "yolofastest", "yolov8", "detr"]
 CLASSES = dict.fromkeys(PRESETS, 80) | {"retinanet": 5}
