@@ -26,8 +26,8 @@ import time
 from pathlib import Path
 
 CLASSES = 80
-SIZES = (1 << 18, 1 << 19, 1 << 20, 1 << 21, 1 << 22, 1 << 23)  # elements of the (N, 80) logits
-FIRST_ROWS = (1 << 21) // CLASSES
+SIZES = (1 << 16, 1 << 17, 1 << 18, 1 << 19, 1 << 20, 1 << 21, 1 << 22)  # elements of the (N, 80) logits
+FIRST_ROWS = (1 << 18) // CLASSES
 ROUNDS = 7
 
 

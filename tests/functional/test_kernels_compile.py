@@ -227,3 +227,20 @@ def test_warmup_compiles_what_training_then_uses(counting, monkeypatch):
     assert counting.count == len(compiled)
     with pytest.raises(ValueError, match="`rows` must be at least 2"):
         warmup(rows=1)
+
+
+def test_auto_mode_compiles_from_the_threshold_read_at_call_time(counting, monkeypatch):
+    """``auto``: an input of ``COMPILE_MIN_ELEMENTS`` elements compiles, one fewer stays eager; a threshold a
+    user sets on the module takes effect on the next call (no default bound at import)."""
+    monkeypatch.delenv(COMPILE_ENV)
+    threshold = runtime.COMPILE_MIN_ELEMENTS
+    assert runtime.compiles(threshold)
+    assert not runtime.compiles(threshold - 1)
+    x, labels = torch.randn(50, 4), torch.randint(0, 5, (50,))
+    LF.sigmoid_focal_loss(x, labels)  # 200 elements: eager
+    assert counting.count == 0
+    monkeypatch.setattr(runtime, "COMPILE_MIN_ELEMENTS", 200)
+    assert runtime.compiles(200)
+    assert not runtime.compiles(199)
+    LF.sigmoid_focal_loss(x, labels)
+    assert counting.count == 1

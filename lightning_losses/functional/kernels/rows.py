@@ -21,7 +21,6 @@ import torch
 from torch import Tensor
 
 from lightning_losses.functional.kernels.runtime import (
-    COMPILE_MIN_ELEMENTS,
     cached_kernel,
     compute_dtype,
     row_chunks,
@@ -55,7 +54,8 @@ class RowwiseSpec:
         scale: multiplier of the loss.
         zero_weight_rule: apply MMDetection's zero-weight rule to the reduced loss (needs a weight).
         saves: ``fn`` also returns a per-row value that ``grad_fn`` takes.
-        min_elements: compile threshold of :func:`~lightning_losses.functional.kernels.runtime.run_kernel`.
+        min_elements: compile threshold of :func:`~lightning_losses.functional.kernels.runtime.run_kernel`
+            (``None``: its :data:`~lightning_losses.functional.kernels.runtime.COMPILE_MIN_ELEMENTS`).
     """
 
     fn: Callable[..., Any]
@@ -66,7 +66,7 @@ class RowwiseSpec:
     scale: float = 1.0
     zero_weight_rule: bool = False
     saves: bool = False
-    min_elements: int = COMPILE_MIN_ELEMENTS
+    min_elements: int | None = None
 
     @property
     def kind(self) -> str:
@@ -237,7 +237,7 @@ def fused_rowwise_loss(
     zero_weight_shortcut: bool = False,
     grad_fn: Callable[..., Tensor] | None = None,
     saves: bool = False,
-    min_elements: int = COMPILE_MIN_ELEMENTS,
+    min_elements: int | None = None,
 ) -> Tensor:
     """``scale · w · fn(pred, target, *args)`` per row of ``pred``, summed and divided by ``divisor`` if given,
     through a low-memory autograd Function.

@@ -48,10 +48,12 @@ __all__ = [
 ]
 
 COMPILE_ENV = "LIGHTNING_LOSSES_COMPILE"
-# From here a compiled kernel repays its compilation within tens of training steps; below it the eager kernel
-# is cheap in absolute terms and the run (a test, a demo) is usually shorter than the compile stall.
-# benchmarks/compile_cost.py measures both sides (cold and warm compile time, eager vs compiled per size).
-COMPILE_MIN_ELEMENTS = 1 << 21
+# From here (e.g. the (B·P, C) logits of B 1 x 640² x 80 classes: 682k) a training run compiles: the compiled
+# kernel is several times faster than the eager one, so the one-off compile stall is repaid within the first
+# minutes of training. Below it (unit tests, the embedded demo's 128² images) inputs stay eager: the eager kernel is
+# cheap in absolute terms and such runs are shorter than the stall. benchmarks/compile_cost.py measures both sides
+# (cold and warm compile time, eager vs compiled per size; COMPILE_COST.md). Read at call time: a user may set it.
+COMPILE_MIN_ELEMENTS = 1 << 18
 CHUNK_ELEMENTS = 1 << 20  # bounds the eager temporaries; large enough that per-chunk overhead stays small
 
 T = TypeVar("T")
@@ -116,8 +118,11 @@ def _mode() -> str:
     return os.environ.get(COMPILE_ENV, "auto")
 
 
-def compiles(numel: int, min_elements: int = COMPILE_MIN_ELEMENTS) -> bool:
-    """Whether :func:`run_kernel` sends an input of ``numel`` elements through ``torch.compile``."""
+def compiles(numel: int, min_elements: int | None = None) -> bool:
+    """Whether :func:`run_kernel` sends an input of ``numel`` elements through ``torch.compile``
+    (``min_elements``: the threshold, :data:`COMPILE_MIN_ELEMENTS` as set now if ``None``)."""
+    if min_elements is None:
+        min_elements = COMPILE_MIN_ELEMENTS
     mode = _mode()
     if mode == "0" or (mode != "1" and numel < min_elements) or torch.compiler.is_compiling():
         return False
@@ -215,7 +220,7 @@ _FAIL_ON_RECOMPILE_LIMIT = torch._dynamo.config.patch(fail_on_recompile_limit_hi
 
 
 def run_kernel(
-    fn: Callable[..., Any], numel: int, *args: Any, min_elements: int = COMPILE_MIN_ELEMENTS, whole: bool = False
+    fn: Callable[..., Any], numel: int, *args: Any, min_elements: int | None = None, whole: bool = False
 ) -> Any:
     """Call a kernel, through ``torch.compile`` when that pays off, under no grad and no autocast.
 
@@ -270,7 +275,7 @@ def run_kernel(
         return fn(*args)
 
 
-def run_chunked(body: Callable[[bool], T], numel: int, min_elements: int = COMPILE_MIN_ELEMENTS) -> T:
+def run_chunked(body: Callable[[bool], T], numel: int, min_elements: int | None = None) -> T:
     """``body(compiled)``, with ``compiled`` from :func:`compiles`; where a kernel gives up compiling a whole
     input (``run_kernel(..., whole=True)``), ``body(False)`` again: eager, in chunks.
 
