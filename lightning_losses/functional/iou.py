@@ -36,7 +36,9 @@ __all__ = [
 ]
 
 OVERLAP_MODES = ("iou", "iof", "giou", "diou", "ciou")
-_BOX_MIN = 1 << 19  # coordinates (131k boxes) from which the element-wise loss goes through torch.compile
+# Coordinates (8,192 boxes) from which the box losses go through torch.compile: B 2 x 640² scored on every prior
+# (ATSS, FCOS: 17k boxes) does, 5x faster than eager; the 128² demo (5.5k boxes at B 16) and unit tests stay eager.
+_BOX_MIN = 1 << 15
 IOU_LOSS_MODES = ("linear", "square", "log")
 
 
