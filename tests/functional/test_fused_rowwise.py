@@ -1,4 +1,8 @@
-"""Low-memory row-wise kernels (IoU family, DFL) against the composite formulas written out op by op here."""
+"""Low-memory row-wise kernels (IoU family, DFL) against the composite formulas written out op by op here.
+
+These tests exercise the autograd Function at small sizes: the plain-autograd path that small eager inputs take
+(``rows.PLAIN_MAX_ELEMENTS``) is switched off by the autouse fixture, and tested on its own at the end.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from lightning_losses import functional as LF
-from lightning_losses.functional.kernels import runtime
+from lightning_losses.functional.kernels import rows, runtime
 from lightning_losses.functional.kernels.rows import fused_rowwise_loss
 from lightning_losses.functional.kernels.runtime import COMPILE_ENV
 
@@ -69,6 +73,7 @@ def case(name: str, n: int = 203, seed: int = 0, dtype: torch.dtype = torch.floa
 @pytest.fixture(autouse=True)
 def _eager(monkeypatch):
     monkeypatch.setenv(COMPILE_ENV, "0")
+    monkeypatch.setattr(rows, "PLAIN_MAX_ELEMENTS", 0)
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -245,3 +250,31 @@ def test_zero_weight_rule_in_the_row_kernel_gradcheck_float64(weights, monkeypat
         ),
         (pred,),
     )
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_small_eager_inputs_take_plain_autograd_with_the_functions_values(name, monkeypatch):
+    """Under ``PLAIN_MAX_ELEMENTS`` elements an eager call runs as plain autograd (it keeps intermediates: more
+    saved elements than the inputs), with the Function's value and gradient; under bf16 autocast it still
+    computes in float32 (equal to the float32 call)."""
+    pred, target = case(name, n=64)
+    weight = torch.rand(64, generator=torch.Generator().manual_seed(3))
+    weight[:5] = 0
+
+    def run():
+        return getattr(LF, name)(pred, target, weight, avg_factor=7.0)
+
+    function_value = run()
+    (function_grad,) = torch.autograd.grad(function_value, pred)
+    monkeypatch.setattr(rows, "PLAIN_MAX_ELEMENTS", pred.numel() + 1)
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.numel()) or t, lambda t: t):
+        plain_value = run()
+    assert sum(saved) > pred.numel() + target.numel()  # the plain path: intermediates are saved
+    (plain_grad,) = torch.autograd.grad(plain_value, pred)
+    torch.testing.assert_close(plain_value, function_value)
+    torch.testing.assert_close(plain_grad, function_grad)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        autocast_value = run()
+    assert autocast_value.dtype == torch.float32
+    torch.testing.assert_close(autocast_value, function_value)

@@ -13,6 +13,8 @@ from :mod:`lightning_losses.functional.reduction`.
 
 from __future__ import annotations
 
+import contextlib
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -22,6 +24,7 @@ from torch import Tensor
 
 from lightning_losses.functional.kernels.runtime import (
     cached_kernel,
+    compiles,
     compute_dtype,
     row_chunks,
     run_chunked,
@@ -39,6 +42,9 @@ __all__ = ["RowwiseSpec", "fused_rowwise_loss", "vjp_kernel"]
 # Rows per chunk, at most: a compiled vector-Jacobian product still writes about fifteen per-row buffers
 # (one per slice of a box's coordinates), and eagerly every intermediate is one.
 MAX_CHUNK_ROWS = 1 << 16
+# Below this many elements of ``pred`` an eager call runs as plain autograd (its saved intermediates are a few
+# small tensors); the Function's per-call cost would be larger than the loss itself.
+PLAIN_MAX_ELEMENTS = 1 << 18
 
 
 @dataclass(frozen=True)
@@ -214,7 +220,9 @@ class _RowwiseLoss(torch.autograd.Function):
 def _plain_autograd(spec: RowwiseSpec, pred: Tensor, target: Tensor, weight: Tensor | None) -> Tensor:
     """The same loss as :class:`_RowwiseLoss` as plain tensor code, for a target or weight that needs a gradient."""
     dtype = compute_dtype(pred.dtype)
-    loss = spec.fn(pred.to(dtype), target.to(dtype), *spec.args)
+    device_type = pred.device.type
+    with torch.autocast(device_type, enabled=False) if device_type in ("cpu", "cuda") else contextlib.nullcontext():
+        loss = spec.fn(pred.to(dtype), target.to(dtype), *spec.args)
     loss = loss[0] if spec.saves else loss
     loss = loss if weight is None else loss * weight
     if spec.divisor is None:
@@ -222,7 +230,7 @@ def _plain_autograd(spec: RowwiseSpec, pred: Tensor, target: Tensor, weight: Ten
     loss = spec.scale * (loss.sum() / spec.divisor)
     if not spec.zero_weight_rule:
         return loss
-    rows = pred.to(dtype).reshape(pred.shape[0], -1)
+    rows = pred.to(dtype).reshape(pred.shape[0], math.prod(pred.shape[1:]))  # also for 0 rows
     return zero_weight_select(loss, zero_weight_value(rows, weight), has_positive_weight(weight))
 
 
@@ -247,7 +255,9 @@ def fused_rowwise_loss(
     of ``fn`` (:func:`vjp_kernel`), so no intermediate of ``fn`` outlives the forward. Both run through
     :func:`~lightning_losses.functional.kernels.runtime.run_kernel` (compiled from ``min_elements``
     elements). Half-precision inputs are computed in float32 and the loss is float32. Where ``target`` or
-    ``weight`` needs a gradient too, the same formula runs under plain autograd.
+    ``weight`` needs a gradient too, and for eager inputs under :data:`PLAIN_MAX_ELEMENTS` elements (where the
+    saved intermediates are small and the Function's per-call cost would dominate), the same formula runs under
+    plain autograd, in float32 with autocast off.
 
     Args:
         fn: ``(pred rows, target rows, *args) -> (rows,)`` loss kernel.
@@ -284,8 +294,12 @@ def fused_rowwise_loss(
         saves=saves,
         min_elements=min_elements,
     )
-    if torch.is_grad_enabled() and (target.requires_grad or (weight is not None and weight.requires_grad)):
-        return _plain_autograd(spec, pred, target, weight)
     if saves and grad_fn is None:
         raise ValueError("`saves=True` needs a closed-form `grad_fn` that takes the saved rows")
+    if torch.is_grad_enabled() and (target.requires_grad or (weight is not None and weight.requires_grad)):
+        return _plain_autograd(spec, pred, target, weight)
+    if pred.numel() < PLAIN_MAX_ELEMENTS and not compiles(pred.numel(), min_elements):
+        # Small and eager: the Function's fixed cost (chunk loop, a torch.func.vjp per chunk) exceeds what plain
+        # autograd costs, and the intermediates it would save are small.
+        return _plain_autograd(spec, pred, target, weight)
     return _RowwiseLoss.apply(spec, pred, target, weight)
