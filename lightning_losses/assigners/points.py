@@ -10,6 +10,7 @@ from torch import Tensor
 from lightning_losses.assigners.base import AssignResult, chunk_budget, chunk_size
 from lightning_losses.boxes.cache import device_constant
 from lightning_losses.boxes.targets import PaddedTargets
+from lightning_losses.functional.kernels.runtime import run_kernel
 
 __all__ = ["FCOS_REGRESS_RANGES", "PointAssigner"]
 
@@ -21,6 +22,7 @@ FCOS_REGRESS_RANGES = ((-1.0, 64.0), (64.0, 128.0), (128.0, 256.0), (256.0, 512.
 # masks and the masked areas, ~30 B: 32. Measured on CPU, tracking live tensor storage: 48.3 and 29.3 B.
 _BYTES_PER_TRIPLE = 52
 _BYTES_PER_TRIPLE_WHOLE_BOX = 32
+_COMPILE_MIN_PAIRS = 1 << 18  # (image, box, point) triples from which the chunk kernel is compiled
 
 
 class PointAssigner:
@@ -68,7 +70,6 @@ class PointAssigner:
         num_points = points.shape[0]
         ranges = device_constant(self.regress_ranges, points.device)[levels]
         radius = device_constant([float(s) for s in strides], points.device)[levels] * self.center_sample_radius
-        boxes = gts.boxes[..., None, :]  # (B, G, 1, 4)
         areas = ((gts.boxes[..., 2] - gts.boxes[..., 0]) * (gts.boxes[..., 3] - gts.boxes[..., 1])).masked_fill(
             ~gts.mask, float("inf")
         )
@@ -79,31 +80,55 @@ class PointAssigner:
         step = chunk_size(batch, num_gts, num_points, budget)
         for start in range(0, num_points if num_gts else 0, step):
             stop = min(start + step, num_points)
-            x, y = points[start:stop, 0], points[start:stop, 1]
-            left, top = x - boxes[..., 0], y - boxes[..., 1]
-            right, bottom = boxes[..., 2] - x, boxes[..., 3] - y
-            if self.center_sampling:
-                cx = (boxes[..., 0] + boxes[..., 2]) / 2
-                cy = (boxes[..., 1] + boxes[..., 3]) / 2
-                rad = radius[start:stop]
-                inside = (
-                    torch.stack(
-                        [
-                            x - torch.maximum(cx - rad, boxes[..., 0]),
-                            y - torch.maximum(cy - rad, boxes[..., 1]),
-                            torch.minimum(cx + rad, boxes[..., 2]) - x,
-                            torch.minimum(cy + rad, boxes[..., 3]) - y,
-                        ]
-                    ).amin(dim=0)
-                    > 0
-                )
-            else:
-                inside = torch.minimum(torch.minimum(left, top), torch.minimum(right, bottom)) > 0
-            max_side = torch.maximum(torch.maximum(left, top), torch.maximum(right, bottom))
-            in_range = (max_side >= ranges[start:stop, 0]) & (max_side <= ranges[start:stop, 1])
-            chunk_areas = areas[..., None].expand(-1, -1, stop - start).masked_fill(~(inside & in_range), float("inf"))
-            min_area[:, start:stop], index[:, start:stop] = chunk_areas.min(dim=1)
+            min_area[:, start:stop], index[:, start:stop] = run_kernel(
+                _smallest_candidate,
+                batch * num_gts * num_points,  # the whole problem decides: every chunk takes the same path
+                points[start:stop],
+                gts.boxes,
+                areas,
+                ranges[start:stop],
+                radius[start:stop],
+                self.center_sampling,
+                min_elements=_COMPILE_MIN_PAIRS,
+            )
         positive = torch.isfinite(min_area)
         gt_inds = torch.where(positive, index + 1, 0)
         labels = torch.where(positive, gts.labels.gather(1, index), -1)
         return AssignResult(gt_inds, min_area, labels)
+
+
+def _smallest_candidate(
+    points: Tensor, boxes: Tensor, areas: Tensor, ranges: Tensor, radius: Tensor, center_sampling: bool
+) -> tuple[Tensor, Tensor]:
+    """``(B, n)`` area of each point's smallest candidate box (``inf``: none) and that box's index (the first on
+    ties), for ``(n, 2)`` points, ``(B, G, 4)`` boxes with ``(B, G)`` areas (``inf`` for padding), per-point
+    ``(n, 2)`` ranges and ``(n,)`` center-sampling radii.
+
+    One pass over the (image, box, point) triples: through ``torch.compile`` (large problems, see
+    :func:`~lightning_losses.functional.kernels.runtime.run_kernel`) its fifteen element-wise steps and the
+    minimum over boxes are one loop.
+    """
+    boxes = boxes[..., None, :]  # (B, G, 1, 4)
+    x, y = points[:, 0], points[:, 1]
+    left, top = x - boxes[..., 0], y - boxes[..., 1]
+    right, bottom = boxes[..., 2] - x, boxes[..., 3] - y
+    if center_sampling:
+        cx = (boxes[..., 0] + boxes[..., 2]) / 2
+        cy = (boxes[..., 1] + boxes[..., 3]) / 2
+        inside = (
+            torch.stack(
+                [
+                    x - torch.maximum(cx - radius, boxes[..., 0]),
+                    y - torch.maximum(cy - radius, boxes[..., 1]),
+                    torch.minimum(cx + radius, boxes[..., 2]) - x,
+                    torch.minimum(cy + radius, boxes[..., 3]) - y,
+                ]
+            ).amin(dim=0)
+            > 0
+        )
+    else:
+        inside = torch.minimum(torch.minimum(left, top), torch.minimum(right, bottom)) > 0
+    max_side = torch.maximum(torch.maximum(left, top), torch.maximum(right, bottom))
+    in_range = (max_side >= ranges[:, 0]) & (max_side <= ranges[:, 1])
+    candidate_areas = torch.where(inside & in_range, areas[..., None], float("inf"))
+    return candidate_areas.min(dim=1)

@@ -210,3 +210,31 @@ def test_many_boxes_equal_reference() -> None:
         gt_inds, labels = mmdet_fcos_assign(points, counts, STRIDES, target["boxes"], target["labels"])
         assert torch.equal(result.gt_inds[b], gt_inds)
         assert torch.equal(result.labels[b], labels)
+
+
+def test_compiled_chunk_kernel_equals_the_reference_ties_included(monkeypatch) -> None:
+    """Through inductor (compilation forced), the fused chunk kernel gives the literal reference's assignment,
+    including its tie rule: two boxes of equal area holding the same points go to the first."""
+    from lightning_losses.functional.kernels import runtime, set_compile
+
+    monkeypatch.setattr(runtime, "_compiler", runtime._Compiler())
+    g = torch.Generator().manual_seed(3)
+    points, levels, counts = fcos_points(SIZES_256, STRIDES)
+    targets = random_targets([5, 3], g)
+    twin = torch.tensor([[10.0, 10.0, 90.0, 60.0], [10.0, 10.0, 90.0, 60.0]])  # equal boxes: equal areas
+    targets[1] = {
+        "boxes": torch.cat([twin, targets[1]["boxes"]]),
+        "labels": torch.cat([torch.tensor([4, 7]), targets[1]["labels"]]),
+    }
+    previous = set_compile(True)
+    try:
+        result = PointAssigner().assign(points, levels, STRIDES, pad_targets(targets))
+        assert runtime._compiler.compiled, "the chunk kernel did not go through torch.compile"
+    finally:
+        set_compile(previous)
+    for i, t in enumerate(targets):
+        gt_inds, labels = mmdet_fcos_assign(points, counts, STRIDES, t["boxes"], t["labels"])
+        torch.testing.assert_close(result.gt_inds[i], gt_inds, rtol=0, atol=0)
+        torch.testing.assert_close(result.labels[i], labels, rtol=0, atol=0)
+    assert int((result.gt_inds[1] == 1).sum()) > 0
+    assert int((result.gt_inds[1] == 2).sum()) == 0
