@@ -11,6 +11,7 @@ from lightning_losses.assigners.base import AssignResult, chunk_budget
 from lightning_losses.boxes.iou import bbox_overlaps
 from lightning_losses.boxes.priors import AnchorGenerator, image_valid_flags
 from lightning_losses.boxes.targets import PaddedTargets, gather_boxes, pad_targets
+from lightning_losses.functional.kernels.runtime import run_kernel
 
 __all__ = ["ATSSAssigner", "ATSSTargets", "atss_targets"]
 
@@ -18,6 +19,7 @@ __all__ = ["ATSSAssigner", "ATSSTargets", "atss_targets"]
 # squares and their sum (20 B; the square root and the mask come after the squares are freed); 24 with room
 # for top-k's working copy on a GPU. Measured on CPU, tracking live tensor storage: 20.2 B.
 _BYTES_PER_TRIPLE = 24
+_COMPILE_MIN_PAIRS = 1 << 18  # (image, box, prior) pairs from which the distance kernel is compiled
 
 
 class ATSSAssigner:
@@ -59,6 +61,7 @@ class ATSSAssigner:
     ) -> Tensor:
         """``(B, K, G)`` indices of the closest priors of every level, for every box (invalid priors last)."""
         batch, num_gts = gt_centers.shape[:2]
+        pairs = batch * num_gts * sum(num_level_priors)  # the whole problem decides compilation for every level
         out = []
         start = 0
         budget = chunk_budget(self.max_elements, prior_centers.device, _BYTES_PER_TRIPLE, per_pair=3)
@@ -66,16 +69,13 @@ class ATSSAssigner:
             k = min(self.topk, count)
             stop = start + count
             centers = prior_centers[start:stop]
+            mask = None if prior_mask is None else prior_mask[:, start:stop]
             step = max(1, min(num_gts, budget // max(batch * count, 1)))
             level = []
             for g0 in range(0, num_gts, step):
-                # x and y apart: a sum over a trailing dimension of 2 is a slow reduction; the values are the same
-                dx = gt_centers[:, None, g0 : g0 + step, 0] - centers[None, :, None, 0]
-                dy = gt_centers[:, None, g0 : g0 + step, 1] - centers[None, :, None, 1]
-                distances = (dx * dx + dy * dy).sqrt()  # (B, n_l, g)
-                if prior_mask is not None:
-                    distances = distances.masked_fill(~prior_mask[:, start:stop, None], float("inf"))
-                level.append(distances.topk(k, dim=1, largest=False).indices + start)
+                chunk = gt_centers[:, g0 : g0 + step]
+                args = (chunk, centers, k) if mask is None else (chunk, centers, k, mask)
+                level.append(run_kernel(_closest, pairs, *args, min_elements=_COMPILE_MIN_PAIRS) + start)
             out.append(torch.cat(level, dim=2))
             start = stop
         return torch.cat(out, dim=1)
@@ -201,3 +201,16 @@ def atss_targets(
     matched = torch.where(positive[..., None], matched, priors.expand_as(matched))
     label_weight = None if prior_mask is None else prior_mask.float()
     return ATSSTargets(priors, positive, assign.labels, matched, positive.sum(dim=1), label_weight)
+
+
+def _closest(gt_centers: Tensor, centers: Tensor, k: int, mask: Tensor | None = None) -> Tensor:
+    """``(B, k, g)`` indices of the ``k`` priors (``(n, 2)`` centres of one level) closest to each of the ``(B, g, 2)``
+    box centres; priors off ``mask`` ``(B, n)`` are last. Through ``torch.compile`` (large problems) the distances
+    are one loop before the top-k."""
+    # x and y apart: a sum over a trailing dimension of 2 is a slow reduction; the values are the same
+    dx = gt_centers[:, None, :, 0] - centers[None, :, None, 0]
+    dy = gt_centers[:, None, :, 1] - centers[None, :, None, 1]
+    distances = (dx * dx + dy * dy).sqrt()  # (B, n, g)
+    if mask is not None:
+        distances = distances.masked_fill(~mask[..., None], float("inf"))
+    return distances.topk(k, dim=1, largest=False).indices

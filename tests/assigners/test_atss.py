@@ -194,6 +194,28 @@ def test_box_overlapping_no_prior_assigns_nothing_and_leaves_the_others() -> Non
     assert not nothing.positive.any()
 
 
+def test_compiled_distance_kernel_equals_the_reference(monkeypatch) -> None:
+    """Through inductor (compilation forced) the fused distance kernel gives the literal reference's assignment,
+    with box centres on prior centres and half-way between them (exact distance ties)."""
+    from lightning_losses.functional.kernels import runtime, set_compile
+
+    monkeypatch.setattr(runtime, "_compiler", runtime._Compiler())
+    g = torch.Generator().manual_seed(5)
+    priors, counts = atss_priors()
+    targets = random_targets([6, 4], g)
+    ties = torch.tensor([[20.0, 20.0, 60.0, 60.0], [8.0, 16.0, 56.0, 48.0]])  # centres (40, 40) and (32, 32)
+    targets[1] = {
+        "boxes": torch.cat([ties, targets[1]["boxes"]]),
+        "labels": torch.cat([torch.tensor([1, 2]), targets[1]["labels"]]),
+    }
+    previous = set_compile(True)
+    try:
+        assert_matches_reference(ATSSAssigner(), priors, counts, targets)
+        assert runtime._compiler.compiled, "the distance kernel did not go through torch.compile"
+    finally:
+        set_compile(previous)
+
+
 # --------------------------------------------------------------------------------------------------
 # atss_targets
 # --------------------------------------------------------------------------------------------------
