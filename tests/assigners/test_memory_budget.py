@@ -52,12 +52,12 @@ def _reading(monkeypatch: pytest.MonkeyPatch, available: int) -> list[torch.devi
 @pytest.mark.parametrize(
     ("available", "per_element", "fraction", "expected"),
     [
-        (8 * GIB, 32, 1 / 8, 1 << 25),  # 2^33 / 2^3 / 2^5
-        (16 * GIB, 64, None, 1 << 25),  # the default fraction is 1/8: 2^34 / 2^3 / 2^6
+        (2 * GIB, 32, 1 / 8, 1 << 23),  # 2^31 / 2^3 / 2^5
+        (4 * GIB, 64, None, 1 << 23),  # the default fraction is 1/8: 2^32 / 2^3 / 2^6
         (10**9, 48, 0.25, 10**9 // 4 // 48),  # 5 208 333, not a power of two
         (10**9, 40.5, 0.5, 12345679),  # ⌊5e8 / 40.5⌋ = ⌊12 345 679.01⌋
         (1 << 20, 64, 1 / 8, 1 << 18),  # 2048 elements: raised to the floor, 2^18
-        (1 << 50, 1, 1.0, 1 << 28),  # 2^50 elements: cut to the ceiling, 2^28
+        (1 << 50, 1, 1.0, 1 << 24),  # 2^50 elements: cut to the ceiling, 2^24
         (0, 8, 1 / 8, 1 << 18),  # nothing available: the floor
     ],
 )
