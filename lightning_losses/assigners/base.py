@@ -12,7 +12,7 @@ from torch import Tensor
 
 __all__ = [
     "FALLBACK_AVAILABLE_BYTES",
-    "MAX_BUDGET",
+    "MAX_CHUNK_BYTES",
     "MEMORY_FRACTION",
     "MIN_BUDGET",
     "AssignResult",
@@ -30,11 +30,12 @@ MIN_BUDGET = 1 << 18
 """Fewest elements a chunk holds whatever the reading (a few MiB of temporaries): a nearly full device would
 otherwise split one assignment into thousands of kernel launches for a saving of a few MiB."""
 
-MAX_BUDGET = 1 << 24
-"""Most elements a chunk holds whatever the reading: at 2^24 triples (the fixed default before budgets were read
-from memory) a chunk's fixed cost is already negligible, so larger chunks only raise the peak memory (RetinaNet at
-B 4 x 1024² peaked at 813 MB with a 2^28 ceiling on a 24 GiB host, against 500 MB at 2^24) and, on a GPU, the
-caching allocator's reserve. Memory decides the chunk where it is scarce; otherwise this does."""
+MAX_CHUNK_BYTES = 256 << 20
+"""Most bytes of temporaries one chunk allocates whatever the reading: the order of the fixed budgets the
+assigners had before (max-IoU 2^22 triples x 40 B = 160 MiB), at which a chunk's fixed cost is already
+negligible. Larger chunks are no faster and only raise the peak (a 2^28-element ceiling made RetinaNet's peak at
+B 4 x 1024² 813 MB on a 24 GiB host, against 500 MB) and, on a GPU, the caching allocator's reserve: memory
+decides the chunk where it is scarce, this where it is not."""
 
 FALLBACK_AVAILABLE_BYTES = 2 << 30
 """Available bytes assumed where no reading exists (a device other than CPU or CUDA; a host without
@@ -149,7 +150,8 @@ def memory_budget(device: torch.device | str, bytes_per_element: float, fraction
     r"""Elements whose temporaries fit in ``fraction`` of the memory available now on ``device``.
 
     .. math::
-        \min\Big(\max\Big(\Big\lfloor \frac{f \cdot A}{b} \Big\rfloor,\ m\Big),\ M\Big)
+        \min\Big(\max\Big(\Big\lfloor \frac{f \cdot A}{b} \Big\rfloor,\ m\Big),\
+        \max\Big(\Big\lfloor \frac{C}{b} \Big\rfloor,\ m\Big)\Big)
 
     with :math:`f` = ``fraction``, :math:`b` = ``bytes_per_element`` (what one element, an assigner's
     (image, box, prior) triple, costs in temporaries alive at once) and :math:`A` the available bytes:
@@ -163,7 +165,7 @@ def memory_budget(device: torch.device | str, bytes_per_element: float, fraction
     - any other device: :data:`FALLBACK_AVAILABLE_BYTES`.
 
     The default :data:`MEMORY_FRACTION` (1/8) leaves room for the work beside the assigner; :math:`m` =
-    :data:`MIN_BUDGET` (:math:`2^{18}`) and :math:`M` = :data:`MAX_BUDGET` (:math:`2^{24}`) bound the result
+    :data:`MIN_BUDGET` (:math:`2^{18}` elements) and :math:`C` = :data:`MAX_CHUNK_BYTES` (256 MiB) bound the result
     (see their notes).
 
     Args:
@@ -172,7 +174,7 @@ def memory_budget(device: torch.device | str, bytes_per_element: float, fraction
         fraction: share of the available memory, in ``(0, 1]``.
 
     Example:
-        >>> MIN_BUDGET <= memory_budget("cpu", 64) <= MAX_BUDGET
+        >>> MIN_BUDGET <= memory_budget("cpu", 64) <= MAX_CHUNK_BYTES // 64
         True
     """
     bytes_per_element = _check_positive_real(bytes_per_element, "bytes_per_element")
@@ -187,7 +189,8 @@ def memory_budget(device: torch.device | str, bytes_per_element: float, fraction
     if not isinstance(device, torch.device):
         raise TypeError(f"`device` must be a torch.device or str, got {type(device).__name__}")
     available = max(int(_available_bytes(device)), 0)
-    return min(max(int(fraction * available / bytes_per_element), MIN_BUDGET), MAX_BUDGET)
+    ceiling = max(int(MAX_CHUNK_BYTES / bytes_per_element), MIN_BUDGET)
+    return min(max(int(fraction * available / bytes_per_element), MIN_BUDGET), ceiling)
 
 
 def chunk_budget(max_elements: int | None, device: torch.device, bytes_per_element: float, per_pair: int = 1) -> int:

@@ -1,6 +1,7 @@
 """Chunk budgets from the available memory: ``assigners.base.memory_budget`` against its closed form
-``min(max(⌊f·A/b⌋, MIN_BUDGET), MAX_BUDGET)`` (the reading ``A`` patched), its readers, its argument checks,
-and every assigner: the chunk count follows the budget, and no budget changes an assignment (bitwise)."""
+``min(max(⌊f·A/b⌋, MIN_BUDGET), max(⌊MAX_CHUNK_BYTES/b⌋, MIN_BUDGET))`` (the reading ``A`` patched), its readers,
+its argument checks, and every assigner: the chunk count follows the budget, and no budget changes an assignment
+(bitwise)."""
 
 from __future__ import annotations
 
@@ -52,12 +53,14 @@ def _reading(monkeypatch: pytest.MonkeyPatch, available: int) -> list[torch.devi
 @pytest.mark.parametrize(
     ("available", "per_element", "fraction", "expected"),
     [
-        (2 * GIB, 32, 1 / 8, 1 << 23),  # 2^31 / 2^3 / 2^5
-        (4 * GIB, 64, None, 1 << 23),  # the default fraction is 1/8: 2^32 / 2^3 / 2^6
-        (10**9, 48, 0.25, 10**9 // 4 // 48),  # 5 208 333, not a power of two
-        (10**9, 40.5, 0.5, 12345679),  # ⌊5e8 / 40.5⌋ = ⌊12 345 679.01⌋
+        (GIB, 32, 1 / 8, 1 << 22),  # 2^30 / 2^3 / 2^5 (ceiling 2^28 / 2^5 = 2^23)
+        (GIB, 64, None, 1 << 21),  # the default fraction is 1/8: 2^30 / 2^3 / 2^6
+        (10**9, 48, 0.25, 10**9 // 4 // 48),  # 5 208 333, not a power of two (ceiling 5 592 405)
+        (10**9, 40.5, 0.2, 4938271),  # ⌊2e8 / 40.5⌋ = ⌊4 938 271.6⌋
+        (10**9, 40.5, 0.5, 6628035),  # ⌊5e8 / 40.5⌋ = 12 345 679: cut to 256 MiB / 40.5 B = ⌊6 628 035.96⌋
         (1 << 20, 64, 1 / 8, 1 << 18),  # 2048 elements: raised to the floor, 2^18
-        (1 << 50, 1, 1.0, 1 << 24),  # 2^50 elements: cut to the ceiling, 2^24
+        (1 << 50, 1, 1.0, 1 << 28),  # 2^50 elements: cut to the ceiling, 256 MiB of 1 B
+        (1 << 50, 2048, 1.0, 1 << 18),  # a ceiling under the floor (2^28 / 2^11 = 2^17): the floor wins
         (0, 8, 1 / 8, 1 << 18),  # nothing available: the floor
     ],
 )
@@ -71,10 +74,10 @@ def test_budget_is_the_closed_form(monkeypatch, available, per_element, fraction
 def test_budget_follows_the_reading(monkeypatch):
     """Between the clamps the budget is proportional to the available bytes."""
     budgets = []
-    for gib in (1, 2, 4, 8):
-        _reading(monkeypatch, gib * GIB)
+    for quarters in (1, 2, 4, 8):  # 1/4 to 2 GiB: 2^19 to 2^22 elements, under the 2^22 ceiling (256 MiB / 64 B)
+        _reading(monkeypatch, quarters * GIB // 4)
         budgets.append(base.memory_budget(torch.device("cpu"), 64))
-    assert budgets == [GIB // 8 // 64 * gib for gib in (1, 2, 4, 8)]
+    assert budgets == [GIB // 4 // 8 // 64 * quarters for quarters in (1, 2, 4, 8)]
 
 
 @pytest.mark.parametrize("fraction", [0, -0.5, 1.5, math.nan, math.inf])
@@ -110,11 +113,11 @@ def test_bad_device_raises():
 
 def test_cuda_reading_adds_the_allocators_unused_blocks(monkeypatch):
     """free + reserved - allocated, from patched driver and allocator queries (no GPU needed)."""
-    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (3 * GIB, 80 * GIB))
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (GIB, 80 * GIB))
     monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device=None: 5 * GIB)
-    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device=None: 2 * GIB)
-    assert base._available_bytes(torch.device("cuda", 0)) == 6 * GIB
-    assert base.memory_budget("cuda:0", 48) == 6 * GIB // 8 // 48
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device=None: 9 * GIB // 2)
+    assert base._available_bytes(torch.device("cuda", 0)) == 3 * GIB // 2
+    assert base.memory_budget("cuda:0", 48) == 3 * GIB // 2 // 8 // 48  # 4 194 304, under the ceiling 5 592 405
 
 
 def test_other_devices_use_the_fallback():
