@@ -137,7 +137,7 @@ def test_compilation_failure_is_kept_with_its_reason_and_reported_once(monkeypat
             out.backward()
     reason = f"CppCompileError: {CppCompileError(['c++'], 'no compiler')}"
     assert [str(w.message) for w in record if "torch.compile" in str(w.message)] == [
-        f"torch.compile of focal_labels_sum failed ({reason}); using eager kernels from now on"
+        f"torch.compile of focal_labels_sum_grad failed ({reason}); using eager kernels from now on"
     ]
     assert len(attempts) == 1
     assert runtime.compile_failure() == reason
@@ -296,3 +296,43 @@ def test_compiled_box_and_dfl_losses_equal_eager(name, monkeypatch):
         results.append((out, torch.autograd.grad(out.sum(), pred)[0]))
     torch.testing.assert_close(results[1][0], results[0][0])
     torch.testing.assert_close(results[1][1], results[0][1])
+
+
+@pytest.mark.parametrize("loss", ["focal", "qfl"])
+def test_forward_written_gradient_survives_a_retained_graph_and_is_skipped_without_grad(loss):
+    """A reduced call that needs a gradient writes it in the forward and keeps only that (no input saved):
+    two backwards through a retained graph accumulate exactly twice the composite formula's gradient; without
+    a gradient nothing is kept. Reference: autograd through the composite formula, written here."""
+    x, labels, onehot, _ = _case()
+    scores = torch.rand(x.shape[0], generator=torch.Generator().manual_seed(1))
+    weight = torch.rand(x.shape[0], generator=torch.Generator().manual_seed(2))
+
+    def fused():
+        if loss == "focal":
+            return fused_sigmoid_focal_loss(x, None, labels, weight[:, None], 7.0, 2.0, 0.25)
+        return fused_quality_focal_loss(x, labels, scores, None, weight, 7.0, 2.0)
+
+    def composite():
+        p = x.sigmoid()
+        bce = F.binary_cross_entropy_with_logits(
+            x, onehot if loss == "focal" else onehot * scores[:, None], reduction="none"
+        )
+        if loss == "focal":
+            per = bce * (0.25 * onehot + 0.75 * (1 - onehot)) * (p - onehot).abs().pow(2) * weight[:, None]
+        else:
+            per = bce * torch.where(onehot > 0, (scores[:, None] - p).abs(), p).pow(2) * weight[:, None]
+        return per.sum() / 7.0
+
+    (expected,) = torch.autograd.grad(composite(), x)
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        out = fused()
+    assert len(saved) == 1  # the gradient, not the inputs
+    assert saved[0].shape == x.shape
+    assert saved[0] is not x
+    out.backward(retain_graph=True)
+    out.backward()
+    torch.testing.assert_close(x.grad, 2 * expected, rtol=1e-5, atol=1e-7)
+    with torch.no_grad(), torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        torch.testing.assert_close(fused(), composite())
+    assert len(saved) == 1

@@ -83,21 +83,24 @@ GAMMAS = (2.0, 1.5)
 
 
 def test_compilations_are_bounded_over_sizes_autocast_and_grad_mode(counting):
-    """Reference: a fixed count. The first pass (every dtype and gamma, training and validation under
-    inference mode, one box and many) compiles each copy once; a second pass over other batch sizes
+    """Reference: a fixed count. The first pass (every dtype and gamma, training and validation under no_grad and
+    under inference mode, one box and many) compiles each copy once; a second pass over other batch sizes
     (B = 1 included), box counts, image sizes, under autocast and under no_grad compiles nothing more, falls back
     nowhere, and no copy holds more than BOUND compilations."""
     for dtype in DTYPES:
         for gamma in GAMMAS:
             for boxes in (1, 7):
                 _step(2, 64, boxes, dtype, gamma, train=True)
+                with torch.no_grad():
+                    _step(2, 64, boxes, dtype, gamma, train=False)
                 with torch.inference_mode():
                     _step(2, 64, boxes, dtype, gamma, train=False)
     first = counting.count
     copies = len(runtime._compiler.compiled)
-    # focal: sum, grad and the inference-mode sum per dtype and gamma. GIoU (1 box and many: two size classes)
-    # and DFL (4 rows per box: one): a forward and an inference-mode forward shared by the dtypes (they compute
-    # in float32), and a backward per dtype (it writes the gradient in pred's dtype).
+    # focal: the training forward (the sum and the gradient in one kernel), the no-grad sum and the inference-mode
+    # sum per dtype and gamma. GIoU (1 box and many: two size classes) and DFL (4 rows per box: one): a forward
+    # and an inference-mode forward shared by the dtypes (they compute in float32), and a backward per dtype (it
+    # writes the gradient in pred's dtype).
     assert copies == len(DTYPES) * len(GAMMAS) * 3 + (2 + 1) * (2 + len(DTYPES))
     assert first == copies
 

@@ -72,6 +72,22 @@ def _sum_kernel(fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
     return cached_kernel("sum", fn, kernel)
 
 
+def _sum_grad_kernel(fn: Callable[..., Tensor], grad_fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
+    """``(grad, x, w, *tensors, *consts) -> Σ w·fn``, writing ``grad ← w·∂fn/∂x``: the loss and its gradient from one
+    read of the inputs (compiled, one loop shares the exponential and logarithm of both)."""
+
+    def kernel(grad: Tensor, x: Tensor, w: Tensor | None, *args: Any) -> Tensor:
+        x = to_compute(x)
+        rest = tuple(to_compute(a) if isinstance(a, Tensor) else a for a in args)
+        loss, dloss = fn(x, *rest), grad_fn(x, *rest)
+        if w is not None:
+            loss, dloss = loss * _broadcast(w, loss), dloss * _broadcast(w, dloss)
+        grad.copy_(dloss)
+        return loss.sum()
+
+    return cached_kernel("sum_grad", fn, kernel)  # one grad_fn per fn: the pair is keyed by fn
+
+
 def _out_kernel(fn: Callable[..., Tensor], per_row: bool) -> Callable[..., None]:
     """``(out, x, w, *tensors, *consts)``: ``out ← w·fn``, or ``w·Σ_c fn`` per row."""
 
@@ -109,6 +125,7 @@ class _ElementwiseLoss(torch.autograd.Function):
     ) -> Tensor:
         numel = pred.numel()
         tensors_of = functools.partial(_take, tensors=(pred, weight, *tensors))
+        with_grad = bool(ctx.needs_input_grad[1])
         if spec.divisor is None:
             out = torch.empty(pred.shape[:1] if spec.per_row else pred.shape, dtype=pred.dtype, device=pred.device)
             kernel = _out_kernel(spec.fn, spec.per_row)
@@ -123,23 +140,35 @@ class _ElementwiseLoss(torch.autograd.Function):
 
             result = run_chunked(fill, numel)
         else:
-            kernel = _sum_kernel(spec.fn)
+            # With a gradient to come, the forward writes it too (unscaled by the divisor and the incoming
+            # gradient, which backward applies): one pass over the inputs instead of one per direction.
+            grad = torch.empty(pred.shape, dtype=compute_dtype(pred.dtype), device=pred.device) if with_grad else None
+            kernel = _sum_grad_kernel(spec.fn, spec.grad_fn) if with_grad else _sum_kernel(spec.fn)
 
             def total(compiled: bool) -> Tensor:
                 whole = compiled and not spec.per_row
                 parts = [pred.new_zeros((), dtype=compute_dtype(pred.dtype))]
                 for rows in row_chunks(pred, whole=whole):
-                    parts.append(run_kernel(kernel, numel, *tensors_of(rows), *spec.consts, whole=whole))
+                    head = () if grad is None else (grad[rows],)
+                    parts.append(run_kernel(kernel, numel, *head, *tensors_of(rows), *spec.consts, whole=whole))
                 return parts[-1] if len(parts) == 2 else torch.stack(parts).sum()
 
             result = run_chunked(total, numel) / spec.divisor
-        ctx.spec = spec
-        ctx.save_for_backward(pred, weight, *tensors)
+        ctx.spec, ctx.pred_dtype, ctx.num_tensors = spec, pred.dtype, len(tensors)
+        ctx.pregrad = with_grad and spec.divisor is not None
+        if ctx.pregrad:
+            ctx.save_for_backward(grad)
+        else:
+            ctx.save_for_backward(pred, weight, *tensors)
         return result
 
     @staticmethod
     def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
         spec: ElementwiseSpec = ctx.spec
+        if ctx.pregrad:  # written by the forward: scale it (a new tensor, so a retained graph can run again)
+            (pregrad,) = ctx.saved_tensors
+            grad = pregrad * (grad_out.to(pregrad.dtype) / spec.divisor)
+            return (None, grad.to(ctx.pred_dtype), None, *(None for _ in range(ctx.num_tensors)))
         pred, weight, *tensors = ctx.saved_tensors
         coef = grad_out.to(compute_dtype(pred.dtype))
         if spec.divisor is not None:
