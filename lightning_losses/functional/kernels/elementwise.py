@@ -1,14 +1,16 @@
-"""Fused, low-memory element-wise losses (sigmoid focal, QFL): an autograd Function that saves only its inputs.
+"""Fused, low-memory element-wise losses (sigmoid focal, QFL): an autograd Function that keeps one ``N × C`` tensor.
 
 The textbook focal loss keeps every intermediate (``σ(x)``, the BCE, ``1 - p_t``, its power, the
 balance, the product) alive for backward: about eight ``N × C`` tensors. Here one autograd Function
-(:class:`_ElementwiseLoss`) saves the logits and the (label or dense) target and runs three kernels:
-the weighted sum of the loss (or the weighted loss written into its output), and the gradient written
-straight into ``pred``'s gradient. One-hot rows are built from class labels inside the kernels. Compiled
+(:class:`_ElementwiseLoss`) keeps one. A reduced call that needs a gradient (training) runs one kernel that
+returns the weighted sum of the loss and writes the weighted gradient from the same read of the inputs, and
+keeps that gradient; backward only scales it by the incoming gradient over the divisor. Otherwise (unreduced
+output, or no gradient) the forward writes the loss, and a backward, if any, recomputes the gradient from the
+saved logits and target. One-hot rows are built from class labels inside the kernels. Compiled
 (:func:`~lightning_losses.functional.kernels.runtime.run_kernel`), each kernel is one pass over the inputs
 with no temporaries, so it runs on the whole input; eagerly it runs chunk by chunk, so the extra peak memory
 is the gradient plus one chunk of temporaries. Values equal the composite formula to float32 round-off;
-half-precision inputs are computed in float32. The per-element math is in
+half-precision inputs are computed in float32 (the kept gradient too). The per-element math is in
 :mod:`~lightning_losses.functional.kernels.focal` and :mod:`~lightning_losses.functional.kernels.qfl`.
 """
 
