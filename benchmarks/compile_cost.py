@@ -98,6 +98,8 @@ def _repay(cost: float, saving: float) -> str:
 
 
 def main() -> None:
+    from lightning_losses.functional.kernels import runtime
+
     with tempfile.TemporaryDirectory() as cache:
         eager = _run("eager", cache)
         cold = _run("cold", cache)
@@ -109,13 +111,16 @@ def main() -> None:
         "",
         "Written by `python -m benchmarks.compile_cost` (CPU, "
         f"{os.environ.get('OMP_NUM_THREADS', '2')} threads): fused sigmoid focal loss, {CLASSES} classes, "
-        "forward + backward (two kernels compiled).",
+        "forward + backward (one training kernel compiled: the loss and its gradient in one pass).",
         "",
         f"- load average while it ran: {os.getloadavg()[0]:.1f} (other jobs share the cores: compare ratios)",
         f"- first call, eager: {eager['first_s']:.2f} s",
         f"- compile cost, cold inductor cache: {cold_cost:.1f} s",
         f"- compile cost, warm `TORCHINDUCTOR_CACHE_DIR`: {warm_cost:.1f} s",
         f"- cold / warm: {cold_cost / warm_cost:.1f}",
+        f"- threshold in use: `COMPILE_MIN_ELEMENTS` = 2^{runtime.COMPILE_MIN_ELEMENTS.bit_length() - 1} elements "
+        "(`lightning_losses.functional.kernels.runtime`): where compiled is several times faster than eager and a "
+        "cold compilation is repaid within the first few thousand steps of a training run",
         "",
         "| elements | eager ms | compiled ms | compiled / eager | calls to repay cold | calls to repay warm |",
         "|---:|---:|---:|---:|---:|---:|",
