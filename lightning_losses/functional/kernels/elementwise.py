@@ -1,15 +1,15 @@
-"""Fused, low-memory element-wise losses (sigmoid focal, QFL): an autograd Function that keeps one ``N × C`` tensor.
+"""Fused, low-memory element-wise losses (sigmoid focal, QFL): an autograd Function that saves only its inputs.
 
-The textbook focal loss keeps every intermediate (``σ(x)``, the BCE, ``1 - p_t``, its power, the
-balance, the product) alive for backward: about eight ``N × C`` tensors. Here one autograd Function
-(:class:`_ElementwiseLoss`) keeps one. A reduced call that needs a gradient (training) runs one kernel that
-returns the weighted sum of the loss and writes the weighted gradient from the same read of the inputs, and
-keeps that gradient; backward only scales it by the incoming gradient over the divisor. Otherwise (unreduced
-output, or no gradient) the forward writes the loss, and a backward, if any, recomputes the gradient from the
-saved logits and target. One-hot rows are built from class labels inside the kernels. Compiled
-(:func:`~lightning_losses.functional.kernels.runtime.run_kernel`), each kernel is one pass over the inputs
-with no temporaries, so it runs on the whole input; eagerly it runs chunk by chunk, so the extra peak memory
-is the gradient plus one chunk of temporaries. Values equal the composite formula to float32 round-off;
+The textbook focal loss keeps every intermediate (``σ(x)``, the BCE, ``1 - p_t``, its power, the balance, the
+product) alive for backward: about eight ``N × C`` tensors. Here one autograd Function (:class:`_ElementwiseLoss`)
+saves the logits and the (label or dense) target. A reduced call that needs a gradient (training) runs one kernel
+that returns the weighted sum of the loss and writes the weighted gradient from the same read of the inputs;
+backward scales that gradient in place by the incoming gradient over the divisor and returns it, so it is the only
+``N × C`` tensor the call allocates. Otherwise (unreduced output, a retained graph run a second time) the forward
+writes the loss and backward recomputes the gradient in one pass. One-hot rows are built from class labels inside
+the kernels. Compiled (:func:`~lightning_losses.functional.kernels.runtime.run_kernel`), each kernel is one pass
+over the inputs with no temporaries, so it runs on the whole input; eagerly it runs chunk by chunk, so the extra
+peak memory is the gradient plus one chunk of temporaries. Values equal the composite formula to float32 round-off;
 half-precision inputs are computed in float32 (the kept gradient too). The per-element math is in
 :mod:`~lightning_losses.functional.kernels.focal` and :mod:`~lightning_losses.functional.kernels.qfl`.
 """
@@ -107,7 +107,9 @@ def _grad_kernel(grad_fn: Callable[..., Tensor]) -> Callable[..., None]:
 
     def kernel(out: Tensor, x: Tensor, w: Tensor | None, coef: Tensor, *args: Any) -> None:
         grad = grad_fn(to_compute(x), *(to_compute(a) if isinstance(a, Tensor) else a for a in args))
-        out.copy_(grad * _broadcast(coef if w is None else coef * w, grad))
+        if w is not None:  # (∂ℓ·w)·coef: the association of the forward-written gradient, so both agree bitwise
+            grad = grad * _broadcast(w, grad)
+        out.copy_(grad * _broadcast(coef, grad))
 
     return cached_kernel("grad", grad_fn, kernel)
 
@@ -156,22 +158,22 @@ class _ElementwiseLoss(torch.autograd.Function):
                 return parts[-1] if len(parts) == 2 else torch.stack(parts).sum()
 
             result = run_chunked(total, numel) / spec.divisor
-        ctx.spec, ctx.pred_dtype, ctx.num_tensors = spec, pred.dtype, len(tensors)
-        ctx.pregrad = with_grad and spec.divisor is not None
-        if ctx.pregrad:
-            ctx.save_for_backward(grad)
-        else:
-            ctx.save_for_backward(pred, weight, *tensors)
+        ctx.spec = spec
+        # The forward-written gradient is an intermediate, kept on ctx (not saved): the first backward scales it
+        # in place, returns it and drops it, so it is the returned gradient and outlives nothing. A retained graph
+        # run again recomputes from the saved inputs.
+        ctx.kept = grad if spec.divisor is not None else None
+        ctx.save_for_backward(pred, weight, *tensors)
         return result
 
     @staticmethod
     def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
         spec: ElementwiseSpec = ctx.spec
-        if ctx.pregrad:  # written by the forward: scale it (a new tensor, so a retained graph can run again)
-            (pregrad,) = ctx.saved_tensors
-            grad = pregrad * (grad_out.to(pregrad.dtype) / spec.divisor)
-            return (None, grad.to(ctx.pred_dtype), None, *(None for _ in range(ctx.num_tensors)))
         pred, weight, *tensors = ctx.saved_tensors
+        if ctx.kept is not None:
+            kept, ctx.kept = ctx.kept, None
+            grad = kept.mul_(grad_out.to(kept.dtype) / spec.divisor).to(pred.dtype)
+            return (None, grad, None, *(None for _ in tensors))
         coef = grad_out.to(compute_dtype(pred.dtype))
         if spec.divisor is not None:
             coef = coef / spec.divisor
