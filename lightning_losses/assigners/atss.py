@@ -34,9 +34,9 @@ class ATSSAssigner:
     Args:
         topk: candidates per level :math:`k`.
         max_elements: budget of the (image, prior, box) distance work of one level, chunked over boxes:
-            ``None`` (default) sizes the chunks from the memory available on the priors' device
-            (:func:`~lightning_losses.assigners.base.memory_budget`, 24 bytes of temporaries per triple); an
-            int is a fixed budget of elements, 3 per triple. The chunking never changes the result.
+            ``None`` (default) is 2^24 elements (3 per triple), cut to what the memory available on the priors'
+            device allows (:func:`~lightning_losses.assigners.base.chunk_budget`, 24 bytes of temporaries per
+            triple); an int is a fixed budget of elements. The chunking never changes the result.
 
     Example:
         >>> from lightning_losses.boxes.targets import pad_targets

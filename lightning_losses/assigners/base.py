@@ -193,13 +193,17 @@ def memory_budget(device: torch.device | str, bytes_per_element: float, fraction
     return min(max(int(fraction * available / bytes_per_element), MIN_BUDGET), ceiling)
 
 
-def chunk_budget(max_elements: int | None, device: torch.device, bytes_per_element: float, per_pair: int = 1) -> int:
+def chunk_budget(
+    max_elements: int | None, device: torch.device, bytes_per_element: float, per_pair: int = 1, default: int = 1 << 24
+) -> int:
     """(Image, box, prior) triples one chunk may hold.
 
-    ``None`` (automatic): :func:`memory_budget` of ``device`` at ``bytes_per_element`` per triple. An int is a
-    fixed budget counted as before, ``per_pair`` elements a triple: ``max_elements // per_pair`` triples, which
-    chunks exactly as ``chunk_size(..., max_elements, per_pair)`` does (``⌊⌊m/a⌋/b⌋ = ⌊m/(ab)⌋``).
+    ``None`` (automatic): the assigner's ``default`` budget (``default // per_pair`` triples, what it used before
+    budgets were read from memory), cut to :func:`memory_budget` of ``device`` at ``bytes_per_element`` per triple
+    where memory is scarcer: a roomy device keeps the default's speed and peak, a full one gets smaller chunks.
+    An int is a fixed budget counted as before, ``per_pair`` elements a triple: ``max_elements // per_pair``
+    triples, which chunks exactly as ``chunk_size(..., max_elements, per_pair)`` does (``⌊⌊m/a⌋/b⌋ = ⌊m/(ab)⌋``).
     """
     if max_elements is None:
-        return memory_budget(device, bytes_per_element)
+        return min(memory_budget(device, bytes_per_element), max(default // per_pair, 1))
     return max_elements // per_pair

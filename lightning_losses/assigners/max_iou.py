@@ -40,9 +40,10 @@ class MaxIoUAssigner:
         gt_max_assign_all: the low-quality step claims every prior tied at the box's max IoU.
         low_quality_match: whom a claimed prior is matched to: ``"box"``, the box that claims it
             (MMDetection), or ``"best"``, the prior's own best box (torchvision's ``Matcher``, NetsPresso).
-        max_elements: chunk budget: ``None`` (default) sizes each call's chunks from the memory available on
-            the priors' device (:func:`~lightning_losses.assigners.base.memory_budget`, 40 bytes of
-            temporaries per (image, box, prior) triple); an int is a fixed budget of elements, 4 per triple.
+        max_elements: chunk budget: ``None`` (default) is 2^24 elements (4 per (image, box, prior) triple), cut
+            to what the memory available on the priors' device allows
+            (:func:`~lightning_losses.assigners.base.chunk_budget`, 40 bytes of temporaries per triple); an int
+            is a fixed budget of elements.
 
     Example:
         >>> from lightning_losses.boxes.targets import pad_targets

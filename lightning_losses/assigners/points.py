@@ -39,10 +39,11 @@ class PointAssigner:
         regress_ranges: ``(lo, hi)`` per level.
         center_sampling: use the center region instead of the whole box.
         center_sample_radius: :math:`r`, in strides.
-        max_elements: chunk budget: ``None`` (default) sizes each call's chunks from the memory available on
-            the points' device (:func:`~lightning_losses.assigners.base.memory_budget`, 52 bytes of temporaries
-            per (image, box, point) triple, 32 without center sampling); an int is a fixed budget of elements,
-            8 per triple. The chunking never changes the result.
+        max_elements: chunk budget: ``None`` (default) is 2^24 elements (8 per (image, box, point) triple),
+            cut to what the memory available on the points' device allows
+            (:func:`~lightning_losses.assigners.base.chunk_budget`, 52 bytes of temporaries per triple, 32
+            without center sampling); an int is a fixed budget of elements. The chunking never changes the
+            result.
     """
 
     def __init__(

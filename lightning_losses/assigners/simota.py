@@ -26,6 +26,7 @@ _LOG_CLAMP = -100.0  # torch's binary_cross_entropy clamps each log term here
 # triple at 64 boxes and 80 classes (the model: 40 + (20·80 + 128)/64 = 67); 1640 B an (image, prior) with
 # one box and 80 classes (model 1768).
 _BYTES_PER_TRIPLE = 40
+_DEFAULT_TRIPLES = 1 << 20  # triples per group of images before budgets were read from memory
 _BYTES_PER_PRIOR_CLASS = 20
 _BYTES_PER_PRIOR = 128
 
@@ -88,8 +89,8 @@ class SimOTAAssigner:
         candidate_topk: IoUs summed for the dynamic ``k``.
         iou_weight: weight of the IoU cost.
         cls_weight: weight of the classification cost.
-        max_elements: (image, box, prior) triples per group of images: ``None`` (default) sizes the groups
-            from the memory available on the predictions' device
+        max_elements: (image, box, prior) triples per group of images: ``None`` (default) is 2^20, cut to what
+            the memory available on the predictions' device allows
             (:func:`~lightning_losses.assigners.base.memory_budget`, 40 bytes of temporaries per triple plus
             20 per (image, prior, class) and 128 per (image, prior), shared by the image's boxes); an int is a
             fixed budget.
@@ -162,7 +163,8 @@ class SimOTAAssigner:
         if self.max_elements is not None:
             return self.max_elements
         per_prior = _BYTES_PER_PRIOR_CLASS * num_classes + _BYTES_PER_PRIOR
-        return memory_budget(device, _BYTES_PER_TRIPLE + per_prior / max(num_gts, 1))
+        memory = memory_budget(device, _BYTES_PER_TRIPLE + per_prior / max(num_gts, 1))
+        return min(memory, _DEFAULT_TRIPLES)  # the fixed default, cut where memory is scarcer
 
     def _candidates(self, centers: Tensor, strides: Tensor, gts: PaddedTargets) -> tuple[Tensor, Tensor]:
         """``(B, G, P)`` bools: candidate of the box, and pair that escapes the penalty."""

@@ -129,8 +129,8 @@ class TaskAlignedAssigner:
         eps: added to each box's largest metric in the soft target.
         style: ``"ultralytics"`` or ``"netspresso"``.
         min_size: box sides below it are widened to it for the candidate test (``None``: none are).
-        max_elements: (image, box, prior) pairs per chunk: ``None`` (default) sizes each call's chunks from the
-            memory available on the predictions' device (:func:`~lightning_losses.assigners.base.memory_budget`,
+        max_elements: (image, box, prior) pairs per chunk: ``None`` (default) is 2^21, cut to what the memory
+            available on the predictions' device allows (:func:`~lightning_losses.assigners.base.chunk_budget`,
             68 bytes of temporaries per pair); an int >= 1 is a fixed budget.
 
     Example:
@@ -210,7 +210,7 @@ class TaskAlignedAssigner:
         topk = min(self.topk, num_priors)
         pred = pred_boxes.float()
         region = _widened(boxes, self.min_size if min_size is None else min_size)
-        budget = chunk_budget(self.max_elements, device, _BYTES_PER_TRIPLE)
+        budget = chunk_budget(self.max_elements, device, _BYTES_PER_TRIPLE, default=1 << 21)
         chunk = max(1, min(num_gts, budget // max(batch * num_priors, 1)))
 
         # Per box: its top-k priors with their metric and IoU. Per prior: the box it overlaps most so far.

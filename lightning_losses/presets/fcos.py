@@ -53,7 +53,7 @@ class FCOSCriterion(DenseCriterion):
             :func:`~lightning_losses.presets.class_targets.class_targets`).
         loss_bbox: default ``IoULoss(mode="log")``.
         loss_centerness: default ``CrossEntropyLoss(use_sigmoid=True)``.
-        max_assign_elements: the assigner's ``max_elements`` (``None``: chunks sized from the memory available).
+        max_assign_elements: the assigner's ``max_elements`` (``None``: its default, cut to free memory).
 
     Shape:
         - ``cls_scores[l]``: ``(B, C, H_l, W_l)``; ``bbox_preds[l]``: ``(B, 4, H_l, W_l)`` positive

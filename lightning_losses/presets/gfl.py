@@ -47,7 +47,7 @@ class GFLCriterion(DenseCriterion):
         loss_cls: default ``QualityFocalLoss(beta=2.0)`` (receives ``(labels, scores)``).
         loss_bbox: default ``GIoULoss(loss_weight=2.0)``.
         loss_dfl: default ``DistributionFocalLoss(loss_weight=0.25)``.
-        max_assign_elements: the assigner's ``max_elements`` (``None``: chunks sized from the memory available).
+        max_assign_elements: the assigner's ``max_elements`` (``None``: its default, cut to free memory).
 
     Shape:
         ``cls_scores[l]`` ``(B, C, H_l, W_l)``; ``bbox_preds[l]`` ``(B, 4·(reg_max+1), H_l, W_l)``, channel

@@ -62,7 +62,7 @@ class RetinaNetCriterion(DenseCriterion):
             labels, background ``C``, or ``(N, C)`` one-hot rows for a loss that takes no labels (see
             :func:`~lightning_losses.presets.class_targets.class_targets`).
         loss_bbox: box term on deltas (default ``SmoothL1Loss(beta=1.0)``; ``L1Loss`` with netspresso style).
-        max_assign_elements: the assigner's ``max_elements`` (``None``: chunks sized from the memory available).
+        max_assign_elements: the assigner's ``max_elements`` (``None``: its default, cut to free memory).
 
     Shape:
         - ``cls_scores[l]``: ``(B, A·C, H_l, W_l)`` (or ``(B, N_l, C)`` already flattened).

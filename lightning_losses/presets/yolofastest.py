@@ -70,7 +70,7 @@ class YOLOFastestCriterion(DenseCriterion):
         loss_bbox: default ``GIoULoss(eps=1e-7, loss_weight=5.0)``.
         loss_obj: default ``CrossEntropyLoss(use_sigmoid=True)``.
         loss_cls: default ``CrossEntropyLoss(use_sigmoid=True)``; receives ``(N, C)`` one-hot × IoU targets.
-        max_assign_elements: the assigner's ``max_elements`` (``None``: chunks sized from the memory available).
+        max_assign_elements: the assigner's ``max_elements`` (``None``: its default, cut to free memory).
 
     Shape:
         ``outputs``: per level a raw map ``(B, A·(5 + C), H_l, W_l)``.

@@ -72,7 +72,7 @@ class YOLOv8Criterion(DenseCriterion):
             the dense ``(B·P, C)`` target.
         loss_bbox: default ``YOLOCIoULoss(eps=1e-7, loss_weight=7.5)``, weighted by each positive's target.
         loss_dfl: default ``DistributionFocalLoss(loss_weight=1.5)``, each side weighted by a quarter of it.
-        max_assign_elements: the assigner's ``max_elements`` (``None``: chunks sized from the memory available).
+        max_assign_elements: the assigner's ``max_elements`` (``None``: its default, cut to free memory).
 
     Shape:
         ``outputs``: per level either one map ``(B, 4·R + C, H_l, W_l)`` with the box bins first, channel

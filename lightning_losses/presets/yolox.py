@@ -55,7 +55,7 @@ class YOLOXCriterion(DenseCriterion):
         loss_obj: default ``CrossEntropyLoss(use_sigmoid=True)``.
         loss_cls: default ``CrossEntropyLoss(use_sigmoid=True)``; receives ``(N, C)`` one-hot × IoU targets.
         loss_l1: default ``L1Loss()``.
-        max_assign_elements: the assigner's ``max_elements`` (``None``: chunks sized from the memory available).
+        max_assign_elements: the assigner's ``max_elements`` (``None``: its default, cut to free memory).
 
     Shape:
         ``outputs``: per level either one raw map ``(B, 5 + C, H_l, W_l)`` laid out

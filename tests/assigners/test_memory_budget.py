@@ -372,3 +372,15 @@ def test_the_budget_is_taken_on_the_inputs_device(monkeypatch):
     MaxIoUAssigner().assign(*_max_iou_scene())
     ATSSAssigner().assign(*_atss_scene())
     assert asked == [torch.device("cpu")] * 2
+
+
+def test_automatic_chunk_budget_is_the_default_cut_to_free_memory(monkeypatch):
+    """``chunk_budget(None, …)``: the assigner's old fixed default (``default // per_pair`` triples) on a roomy
+    device, the memory budget where memory is scarcer; an int is the fixed budget whatever the reading."""
+    _reading(monkeypatch, 1 << 50)
+    assert base.chunk_budget(None, torch.device("cpu"), 40, per_pair=4, default=1 << 24) == 1 << 22
+    _reading(monkeypatch, 64 << 20)  # 64 MiB: 1/8 of it at 40 B a triple is 209,715, raised to the floor 2^18
+    assert base.chunk_budget(None, torch.device("cpu"), 40, per_pair=4, default=1 << 24) == base.MIN_BUDGET
+    _reading(monkeypatch, 1 << 30)  # 1 GiB: 3,355,443 triples, under the default's 2^22
+    assert base.chunk_budget(None, torch.device("cpu"), 40, per_pair=4, default=1 << 24) == (1 << 30) // 8 // 40
+    assert base.chunk_budget(1000, torch.device("cpu"), 40, per_pair=4, default=1 << 24) == 250
