@@ -13,7 +13,6 @@ from :mod:`lightning_losses.functional.reduction`.
 
 from __future__ import annotations
 
-import contextlib
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ import torch
 from torch import Tensor
 
 from lightning_losses.functional.kernels.runtime import (
+    autocast_off,
     cached_kernel,
     compiles,
     compute_dtype,
@@ -220,8 +220,7 @@ class _RowwiseLoss(torch.autograd.Function):
 def _plain_autograd(spec: RowwiseSpec, pred: Tensor, target: Tensor, weight: Tensor | None) -> Tensor:
     """The same loss as :class:`_RowwiseLoss` as plain tensor code, for a target or weight that needs a gradient."""
     dtype = compute_dtype(pred.dtype)
-    device_type = pred.device.type
-    with torch.autocast(device_type, enabled=False) if device_type in ("cpu", "cuda") else contextlib.nullcontext():
+    with autocast_off(pred.device.type):
         loss = spec.fn(pred.to(dtype), target.to(dtype), *spec.args)
     loss = loss[0] if spec.saves else loss
     loss = loss if weight is None else loss * weight

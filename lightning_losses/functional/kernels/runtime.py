@@ -35,6 +35,7 @@ __all__ = [
     "CHUNK_ELEMENTS",
     "COMPILE_ENV",
     "COMPILE_MIN_ELEMENTS",
+    "autocast_off",
     "cached_kernel",
     "compile_failure",
     "compile_fallbacks",
@@ -170,13 +171,21 @@ def _device_type(args: tuple[Any, ...]) -> str:
     return next((a.device.type for a in args if isinstance(a, Tensor)), "cpu")
 
 
+def autocast_off(device_type: str) -> contextlib.ExitStack:
+    """Autocast disabled on ``device_type`` where it is on: kernels compute in their own dtype policy
+    (:func:`compute_dtype`), never in what autocast would pick."""
+    stack = contextlib.ExitStack()
+    if device_type in ("cpu", "cuda") and torch.is_autocast_enabled(device_type):
+        stack.enter_context(torch.autocast(device_type, enabled=False))
+    return stack
+
+
 def _plain_mode(device_type: str) -> contextlib.ExitStack:
     """No grad and no autocast: the one global state every kernel call runs in, compiled or eager."""
     stack = contextlib.ExitStack()
     if torch.is_grad_enabled():
         stack.enter_context(torch.no_grad())
-    if device_type in ("cpu", "cuda") and torch.is_autocast_enabled(device_type):
-        stack.enter_context(torch.autocast(device_type, enabled=False))
+    stack.enter_context(autocast_off(device_type))
     return stack
 
 
